@@ -1,0 +1,67 @@
+"""Names that cross a process or file boundary, in one place.
+
+WebDataset member suffixes, manifest fields, split names and metric names are read by one
+stage and written by another (or by MLflow and `chipmatch compare`), so they must never be
+spelled twice.
+"""
+
+# --- dataset manifest --------------------------------------------------------------------
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_FILENAME = "manifest.json"
+
+# --- splits ------------------------------------------------------------------------------
+SPLIT_TRAIN = "train"      # seen classes, used to fit the model
+SPLIT_VAL = "val"          # images of seen classes held out for model selection
+SPLIT_UNSEEN = "unseen"    # classes never trained on: retrieval is measured here only
+SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_UNSEEN)
+
+# Retrieval roles of unseen images.
+ROLE_BOTH = "both"         # queries all others and is in the gallery (leave-one-out)
+ROLE_QUERY = "query"
+ROLE_GALLERY = "gallery"
+ROLES = (ROLE_BOTH, ROLE_QUERY, ROLE_GALLERY)
+
+# --- WebDataset sample members (tar member suffixes) --------------------------------------
+WDS_IMAGE = "png"          # lossless, normalised chip
+WDS_META = "json"          # class, superclass, attributes, split, role, source metadata
+
+# Fields of a sample's metadata (the .json member) and of the records table.
+KEY = "key"                # stable, unique sample key (also the WebDataset __key__)
+LABEL = "label"            # fine-grained class name
+SUPERCLASS = "superclass"  # optional coarse class name
+SPLIT = "split"
+ROLE = "role"
+SOURCE = "source"          # where the sample came from (path, scene id, ...)
+ATTRIBUTES = "attributes"  # continuous labels (e.g. length_m, width_m) for log-ratio loss
+SHA256 = "sha256"          # of the raw input bytes (duplicates / conflicting labels)
+
+# --- rejection reasons ---------------------------------------------------------------------
+REJECT_EMPTY = "empty_file"
+REJECT_UNREADABLE = "unreadable"
+REJECT_TRUNCATED = "truncated"
+REJECT_CORRUPT = "corrupt"
+REJECT_UNKNOWN_FORMAT = "unknown_format"
+REJECT_MISSING_LABEL = "missing_label"
+REJECT_CONFLICTING_LABELS = "conflicting_labels"   # byte-identical image under two classes
+REJECT_DUPLICATE = "duplicate"                     # byte-identical image twice in one class
+REJECT_TOO_SMALL = "too_small"
+REJECT_OUT_OF_BOUNDS = "out_of_bounds"             # geotiff annotation outside its scene
+REJECT_REASONS = (
+    REJECT_EMPTY, REJECT_UNREADABLE, REJECT_TRUNCATED, REJECT_CORRUPT, REJECT_UNKNOWN_FORMAT,
+    REJECT_MISSING_LABEL, REJECT_CONFLICTING_LABELS, REJECT_DUPLICATE, REJECT_TOO_SMALL,
+    REJECT_OUT_OF_BOUNDS,
+)
+
+# --- metric names (evaluation, MLflow, compare) --------------------------------------------
+METRIC_MAP = "mAP"
+METRIC_MAP_AT_R = "MAP@R"
+METRIC_R_PRECISION = "R-precision"
+METRIC_ACCURACY = "accuracy"
+
+
+def recall_at(k: int) -> str:
+    """Metric name of Recall@K, e.g. ``R@1``."""
+    return f"R@{k}"
+
+
+DEFAULT_RECALL_KS = (1, 2, 4, 8, 16, 32)

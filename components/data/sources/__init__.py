@@ -1,0 +1,38 @@
+"""Image sources, selected by name (`data.source` in config)."""
+
+from __future__ import annotations
+
+from components.data.sources.base import Source, SourceConfig
+from components.data.sources.fashion_mnist import FashionMnistSource
+from components.data.sources.folder import FolderSource
+from components.data.sources.geotiff import GeoTiffSource
+from components.data.sources.manifest import ManifestSource
+
+
+SOURCES: dict[str, type[Source]] = {
+    cls.name: cls
+    for cls in (FashionMnistSource, FolderSource, ManifestSource, GeoTiffSource)
+}
+SOURCE_CONFIGS = tuple(cls.Config for cls in SOURCES.values())
+
+
+def available_sources() -> list[str]:
+    return list(SOURCES)
+
+
+def build_source(config: SourceConfig) -> Source:
+    name = getattr(config, "source", None)
+    if name not in SOURCES:
+        raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
+    return SOURCES[name](config)
+
+
+def source_from_dict(values: dict) -> Source:
+    """Build a source from a plain dict (how configs travel to Ray workers)."""
+    name = values.get("source")
+    if name not in SOURCES:
+        raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
+    return SOURCES[name](SOURCES[name].Config(**values))
+
+
+__all__ = ["Source", "SourceConfig", "SOURCES", "SOURCE_CONFIGS", "available_sources", "build_source", "source_from_dict"]

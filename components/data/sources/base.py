@@ -1,0 +1,52 @@
+"""The one interface every image source implements.
+
+A source is built from its typed config (a pydantic model: the constructor is the schema) and
+does two things:
+
+- `list_items()` on the driver: enumerate inputs as `SourceItem`s without reading pixels;
+  inputs that are already known to be bad (no label, unknown extension) are listed with a
+  `reject_reason` so that nothing is ever dropped silently;
+- `load(item)` in a Ray worker: return the raw input, either encoded bytes (decoded and
+  validated by `components.data.decode`) or a uint8 pixel array; raise `Rejection` for
+  inputs that cannot be read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from components.data.records import SourceItem
+
+
+class SourceConfig(BaseModel):
+    """Fields every source config has. Unknown keys are errors (`extra="forbid"`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None  # dataset name (lineage of versions); defaults to the source name
+
+
+class Source(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[SourceConfig]]
+    # Chip size and channel count the source produces natively (None: varies per input).
+    natural_size: int | None = None
+    natural_channels: int | None = None
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+
+    @abstractmethod
+    def list_items(self) -> list[SourceItem]:
+        ...
+
+    @abstractmethod
+    def load(self, item: SourceItem) -> bytes | np.ndarray:
+        ...
+
+    def dataset_name(self) -> str:
+        return self.config.name or self.name

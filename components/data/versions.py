@@ -1,0 +1,94 @@
+"""Dataset versions on the store: where manifests live and how to open one.
+
+Layout under the storage root::
+
+    shards/<split>-<content hash>.tar          shared by every version that holds them
+    datasets/<name>/<version>/manifest.json    one per version, written last and atomically
+    datasets/<name>/LATEST.json                the newest version (the parent of the next one)
+
+A version exists if and only if its manifest exists: shards written by a run that crashed
+before the manifest are complete but unreferenced, and are reused by the next run.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from components import constants as C
+from components.storage import Store
+
+DATASETS_DIR = "datasets"
+LATEST_FILENAME = "LATEST.json"
+
+
+def manifest_path(dataset: str, version: str) -> str:
+    return f"{DATASETS_DIR}/{dataset}/{version}/{C.MANIFEST_FILENAME}"
+
+
+def latest_path(dataset: str) -> str:
+    return f"{DATASETS_DIR}/{dataset}/{LATEST_FILENAME}"
+
+
+def latest_version(store: Store, dataset: str) -> str | None:
+    if not store.exists(latest_path(dataset)):
+        return None
+    return store.read_json(latest_path(dataset))["version"]
+
+
+def list_versions(store: Store, dataset: str) -> list[str]:
+    """Published versions (those with a manifest) of `dataset`."""
+    return [v for v in store.list_dirs(f"{DATASETS_DIR}/{dataset}") if store.exists(manifest_path(dataset, v))]
+
+
+@dataclass
+class DatasetVersion:
+    """A published dataset version: its manifest and the store its shards live in."""
+
+    store: Store
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri_of(manifest_path(self.dataset, self.version))
+
+    def classes(self, split: str) -> list[str]:
+        """Class names of a split in label-index order (train and val share the seen classes)."""
+        if split not in C.SPLITS:
+            raise ValueError(f"split {split!r} is unknown; valid choices: {list(C.SPLITS)}")
+        key = "unseen_classes" if split == C.SPLIT_UNSEEN else "seen_classes"
+        return list(self.manifest["split"][key])
+
+    def shards(self, split: str) -> list[dict[str, Any]]:
+        if split not in C.SPLITS:
+            raise ValueError(f"split {split!r} is unknown; valid choices: {list(C.SPLITS)}")
+        return [s for s in self.manifest["shards"] if s["split"] == split]
+
+    def num_samples(self, split: str) -> int:
+        return sum(s["count"] for s in self.shards(split))
+
+
+def open_version(uri: str) -> DatasetVersion:
+    """Open a version from the URI of its manifest (or of its folder)."""
+    uri = uri.rstrip("/")
+    if not uri.endswith(C.MANIFEST_FILENAME):
+        uri = f"{uri}/{C.MANIFEST_FILENAME}"
+    # .../<root>/datasets/<name>/<version>/manifest.json → root is four levels up.
+    parts = uri.split("/")
+    if len(parts) < 5 or parts[-4] != DATASETS_DIR:
+        raise ValueError(f"{uri!r} is not a dataset manifest URI (…/{DATASETS_DIR}/<name>/<version>/{C.MANIFEST_FILENAME})")
+    root = "/".join(parts[:-4]) or "/"
+    store = Store(root)
+    relative = posixpath.join(*parts[-4:])
+    if not store.exists(relative):
+        raise FileNotFoundError(f"no published dataset version at {uri} (the manifest is missing)")
+    return DatasetVersion(store=store, manifest=store.read_json(relative))

@@ -1,0 +1,129 @@
+"""A thin, typed layer over a `pyarrow.fs` filesystem rooted at one URI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+
+TEMP_MARKER = ".tmp-"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(canonical_json(obj).encode("utf-8"))
+
+
+class Store:
+    """Files under one root URI. Paths given to methods are relative to the root, '/'-separated.
+
+    A plain path (relative or absolute) means the local filesystem; relative paths are made
+    absolute at construction so that Ray workers started elsewhere resolve them the same way.
+    """
+
+    def __init__(self, root_uri: str):
+        if not root_uri:
+            raise ValueError("storage.root must be a path or URI, got an empty string")
+        if "://" not in root_uri:
+            root_uri = os.path.abspath(os.path.expanduser(root_uri))
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(root_uri)
+        except Exception as exc:  # pyarrow raises several types for bad URIs
+            raise ValueError(
+                f"storage.root {root_uri!r} cannot be opened ({exc}); use a local path or a "
+                "URI pyarrow supports (s3://bucket/prefix, gs://bucket/prefix, hdfs://...)"
+            ) from exc
+        self.uri = root_uri
+        self.root = self.root.rstrip("/") or "/"
+
+    # -- paths --------------------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        return posixpath.join(self.root, relative) if relative else self.root
+
+    def uri_of(self, relative: str) -> str:
+        """The full URI of a relative path (what stages print and record)."""
+        base = self.uri.rstrip("/")
+        return f"{base}/{relative}" if relative else base
+
+    # -- queries ------------------------------------------------------------------------
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+
+    def size(self, relative: str) -> int:
+        return self.fs.get_file_info(self.path(relative)).size
+
+    def list(self, relative: str = "", recursive: bool = False) -> list[str]:
+        """Relative paths of the files (not directories) below `relative`; [] if it is absent."""
+        base = self.path(relative)
+        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(
+            info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+            for info in infos
+            if info.type == pafs.FileType.File
+        )
+
+    def list_dirs(self, relative: str = "") -> list[str]:
+        base = self.path(relative)
+        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+    # -- reading ------------------------------------------------------------------------
+    def read_bytes(self, relative: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(relative)) as stream:
+                return stream.read()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.uri_of(relative)} does not exist") from exc
+
+    def read_json(self, relative: str) -> Any:
+        return json.loads(self.read_bytes(relative).decode("utf-8"))
+
+    def open_input(self, relative: str):
+        return self.fs.open_input_stream(self.path(relative))
+
+    def iter_files(self, relative: str = "") -> Iterator[str]:
+        yield from self.list(relative, recursive=True)
+
+    # -- writing ------------------------------------------------------------------------
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Write atomically: a temporary sibling, then a move into place."""
+        target = self.path(relative)
+        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        temporary = f"{target}{TEMP_MARKER}{uuid.uuid4().hex}"
+        with self.fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        self.fs.move(temporary, target)
+
+    def write_json(self, relative: str, obj: Any) -> None:
+        text = json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+        self.write_bytes(relative, text.encode("utf-8"))
+
+    def delete(self, relative: str) -> None:
+        self.fs.delete_file(self.path(relative))
+
+    def remove_temporaries(self, relative: str = "") -> int:
+        """Delete the debris of interrupted atomic writes below `relative`; returns the count."""
+        removed = 0
+        for name in self.list(relative, recursive=True):
+            if TEMP_MARKER in posixpath.basename(name):
+                self.delete(name)
+                removed += 1
+        return removed

@@ -1,0 +1,69 @@
+"""The `chipmatch` command: one subcommand per stage, plus `run` for the whole pipeline.
+
+Every stage takes `--config FILE` (default: conf/quickstart.yaml) and `key=value` overrides,
+and with `--json` prints one JSON object as its last line of stdout (URIs written, counts,
+metrics) for scripts and schedulers. Human output (progress, tables) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from rich.console import Console
+
+from pipelines.config import ConfigError, load_config
+
+
+def _ingest(config, console: Console) -> dict[str, Any]:
+    from pipelines.ingest import result_json, run_ingest, summary_table
+
+    result = run_ingest(config, console)
+    console.print(summary_table(result))
+    return result_json(result)
+
+
+def _run(config, console: Console) -> dict[str, Any]:
+    from pipelines.run import run_pipeline
+
+    return run_pipeline(config, console)
+
+
+STAGES: dict[str, tuple[Callable, str]] = {
+    "ingest": (_ingest, "ingest a source, split it and shard it into a WebDataset version"),
+    "run": (_run, "run the whole pipeline on a config"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chipmatch", description="Fine-grained retrieval of overhead imagery on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (_, help_text) in STAGES.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="YAML config (default: conf/quickstart.yaml)")
+        sub.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=folder data.root=DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        config = load_config(args.config, args.overrides)
+        handler, _ = STAGES[args.command]
+        result = handler(config, console)
+    except (ConfigError, ValueError, FileNotFoundError, TypeError) as exc:
+        console.print(f"[bold red]chipmatch {args.command}: error:[/] {exc}")
+        if args.json:
+            print(json.dumps({"stage": args.command, "error": str(exc)}))
+        return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

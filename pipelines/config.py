@@ -1,0 +1,162 @@
+"""Configuration: YAML files under `conf/`, `key=value` overrides, validated into typed objects.
+
+- A config file holds sections (`data`, `split`, `shard`, `storage`, `ray`, ...). A section
+  given as a string names a file of that group: `data: synthetic_small` loads
+  `conf/data/synthetic_small.yaml`. The same works on the command line (`data=fashion_mnist`).
+- Overrides are dotted keys with YAML values: `shard.samples_per_shard=500`,
+  `split.query_fraction=null`. Overriding `data.source` with another source starts that
+  section afresh, so `data.source=folder data.root=DIR` works on top of any file.
+- Validation is strict: an unknown key or a bad value raises `ConfigError` naming the key
+  and listing the valid keys or choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from components.data.sources import SOURCE_CONFIGS, available_sources
+from components.data.splits import SplitSpec
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+DEFAULT_CONFIG = CONF_DIR / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a message that says what to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DataConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="source")]  # type: ignore[valid-type]
+
+
+class SplitConfig(Section):
+    seen_fraction: float = Field(0.6, gt=0, lt=1)
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    query_fraction: float | None = Field(None, gt=0, lt=1)
+    seed: int = 0
+
+    def spec(self) -> SplitSpec:
+        return SplitSpec(**self.model_dump())
+
+
+class ShardConfig(Section):
+    samples_per_shard: int = Field(1000, ge=2)
+    image_size: int | None = Field(None, ge=4)   # None: the source's native chip size
+    channels: Literal[1, 3] = 1
+    drop_duplicates: bool = True
+
+
+class StorageConfig(Section):
+    root: str = "./chipmatch-data"   # local path or s3://, gs://, hdfs:// URI
+
+
+class RayConfig(Section):
+    address: str | None = None       # None: $RAY_ADDRESS if set, else a local embedded Ray
+    num_cpus: int | None = None      # logical CPUs of the embedded Ray (None: all cores)
+
+
+class Config(Section):
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    shard: ShardConfig = ShardConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (default: conf/quickstart.yaml), apply overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    raw = {name: _resolve_group(name, value) for name, value in raw.items()}
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config(**raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _resolve_group(section: str, value: Any) -> Any:
+    """A string section value names `conf/<section>/<value>.yaml`."""
+    if not isinstance(value, str):
+        return value
+    group = CONF_DIR / section
+    choices = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
+    file = group / f"{value}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"{section}={value!r}: no file {file}; valid choices: {choices}")
+    return yaml.safe_load(file.read_text()) or {}
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. shard.samples_per_shard=500)")
+    dotted, text = override.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {override!r} has an empty key")
+    value = yaml.safe_load(text) if text.strip() else None
+    if len(keys) == 1:
+        raw[keys[0]] = _resolve_group(keys[0], value)
+        return
+    if keys == ["data", "source"] and raw.get("data", {}).get("source") != value:
+        raw["data"] = {}  # another source: the old source's keys do not apply
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        if len(location) > 1 and location[0] == "data" and location[1] in available_sources():
+            location.pop(1)  # pydantic puts the union tag in the path; users never write it
+        key = ".".join(location) or "<config>"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"unknown key {key!r}; valid keys here: {valid_keys(error['loc'][:-1])}")
+        elif kind == "missing":
+            lines.append(f"missing key {key!r} (required)")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            lines.append(f"{key}.source must be one of {available_sources()}; got {error.get('input', {}).get('source')!r}"
+                         if isinstance(error.get("input"), dict) else f"{key}: choose a source from {available_sources()}")
+        else:
+            lines.append(f"bad value for {key!r}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def valid_keys(location: tuple) -> list[str]:
+    """The field names of the model found at `location` inside `Config`."""
+    model: Any = Config
+    for part in location:
+        if isinstance(part, str) and part in available_sources():
+            model = next(c for c in SOURCE_CONFIGS if c.model_fields["source"].default == part)
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+    return sorted(getattr(model, "model_fields", {}))

@@ -1,0 +1,64 @@
+"""The ingest stage: config in, a published dataset version (its manifest URI) out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from components import constants as C
+from components.data.ingest import ImageSpec, IngestResult, ingest
+from components.data.sources import build_source
+from components.storage import Store
+from pipelines.config import Config
+from pipelines.ray_session import ensure_ray
+
+
+def run_ingest(config: Config, console: Console | None = None) -> IngestResult:
+    console = console or Console(stderr=True)
+    source = build_source(config.data)
+    store = Store(config.storage.root)
+    ensure_ray(config.ray)
+    return ingest(
+        source, store,
+        image=ImageSpec(size=config.shard.image_size, channels=config.shard.channels),
+        split_spec=config.split.spec(),
+        samples_per_shard=config.shard.samples_per_shard,
+        drop_duplicates=config.shard.drop_duplicates,
+        log=lambda message: console.log(f"[ingest] {message}"),
+    )
+
+
+def summary_table(result: IngestResult) -> Table:
+    manifest = result.manifest
+    summary = manifest["summary"]
+    table = Table(title=f"dataset {result.dataset} version {result.version}" + ("" if result.created else " (unchanged)"))
+    table.add_column("")
+    table.add_column("images", justify="right")
+    table.add_column("classes", justify="right")
+    for split in C.SPLITS:
+        counts = manifest["counts"][split]
+        table.add_row(split, str(sum(counts.values())), str(len(counts)))
+    table.add_row("rejected", str(summary["rejected"]), "")
+    for reason, count in summary["rejected_by_reason"].items():
+        table.add_row(f"  {reason}", str(count), "")
+    table.add_row("shards", f"{summary['shards']} ({result.shards_written} written, {result.shards_reused} reused)", "")
+    table.add_row("bytes", f"{summary['bytes']:,}", "")
+    table.add_row("time", f"{result.seconds:.1f} s", "")
+    return table
+
+
+def result_json(result: IngestResult) -> dict[str, Any]:
+    summary = result.manifest["summary"]
+    return {
+        "stage": "ingest",
+        "manifest": result.manifest_uri,
+        "dataset": result.dataset,
+        "version": result.version,
+        "created": result.created,
+        "counts": {**summary["samples_by_split"], "rejected": summary["rejected"], "shards": summary["shards"],
+                   "shards_written": result.shards_written, "shards_reused": result.shards_reused},
+        "rejected_by_reason": summary["rejected_by_reason"],
+        "metrics": {"seconds": round(result.seconds, 3), "bytes": summary["bytes"]},
+    }

@@ -1,0 +1,30 @@
+"""Start (or join) the Ray cluster a stage runs on.
+
+Default: an embedded local Ray, bound to 127.0.0.1, nothing to start by hand. With
+`ray.address` in config or `RAY_ADDRESS` in the environment (as `ray job submit` sets it),
+the stage joins that cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipelines.config import RayConfig
+
+
+def ensure_ray(config: RayConfig | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    config = config or RayConfig()
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    # Ray Data progress bars and summaries are the stage's progress display; keep the rest quiet.
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    # An embedded cluster serves this process only: keep every port on loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)

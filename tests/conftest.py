@@ -1,0 +1,39 @@
+"""Shared fixtures: one Ray session for the whole run (ray.init costs ~5 s and ~900 MB)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Every Ray port on 127.0.0.1 (must be set before Ray starts; subprocesses inherit it).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        # More logical CPUs than cores: Train/Tune drivers need a small reservation of their own.
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield ray
