@@ -7,11 +7,12 @@ from components.data.sources.fashion_mnist import FashionMnistSource
 from components.data.sources.folder import FolderSource
 from components.data.sources.geotiff import GeoTiffSource
 from components.data.sources.manifest import ManifestSource
+from components.data.sources.synthetic_cars import SyntheticCarsSource
 
 
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
-    for cls in (FashionMnistSource, FolderSource, ManifestSource, GeoTiffSource)
+    for cls in (SyntheticCarsSource, FashionMnistSource, FolderSource, ManifestSource, GeoTiffSource)
 }
 SOURCE_CONFIGS = tuple(cls.Config for cls in SOURCES.values())
 

@@ -126,7 +126,7 @@ class GeoTiffSource(Source):
             xs, ys = rasterio.warp.transform(cfg.annotation_crs, crs, xs, ys)
         rows, cols = rasterio.transform.rowcol(transform, xs, ys, op=float)
         center_row, center_col = rows[2], cols[2]
-        if cfg.chip_mode == "fixed":
+        if cfg.chip_mode == "fixed" or (min_x == max_x and min_y == max_y):  # points have no box
             side_w = side_h = cfg.chip_size
         else:
             pad = 1 + 2 * cfg.box_padding

@@ -1,0 +1,68 @@
+"""`synthetic_cars`: procedurally rendered overhead vehicle chips (components.data.synthetic).
+
+The listing is the generator's item list (cheap, no rendering); workers render each item
+from its index, so the whole dataset is a pure function of the config and seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from components import constants as C
+from components.data.records import SourceItem
+from components.data.sources.base import Source, SourceConfig
+
+
+class SyntheticCarsConfig(SourceConfig):
+    source: Literal["synthetic_cars"] = "synthetic_cars"
+    preset: Literal["tiny", "small", "large"] = "small"
+    seed: int = 0                        # instance seeds, class sizes, GSDs
+    # Optional overrides of the preset (None keeps the preset's value).
+    num_classes: int | None = None
+    num_images: int | None = None
+    image_size: int | None = None
+    channels: Literal[1, 3] | None = None
+    min_per_class: int | None = None
+    max_per_class: int | None = None
+    catalog_seed: int | None = None      # which vehicle models the classes are
+    jpeg_quality: int | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _items(config: SyntheticCarsConfig):
+    from components.data.synthetic import get_preset, synthetic_items
+
+    overrides = {name: getattr(config, name) for name in (
+        "num_classes", "num_images", "image_size", "channels", "min_per_class", "max_per_class",
+        "catalog_seed", "jpeg_quality") if getattr(config, name) is not None}
+    spec = get_preset(config.preset, seed=config.seed, **overrides)
+    return spec, tuple(synthetic_items(spec))
+
+
+class SyntheticCarsSource(Source):
+    name: ClassVar[str] = "synthetic_cars"
+    Config: ClassVar[type[SourceConfig]] = SyntheticCarsConfig
+
+    @property
+    def natural_size(self) -> int:  # type: ignore[override]
+        return _items(self.config)[0].image_size
+
+    def list_items(self) -> list[SourceItem]:
+        spec, items = _items(self.config)
+        return [
+            SourceItem(
+                key=item.key, label=item.label, superclass=item.superclass,
+                attributes=dict(item.attributes), locator={"index": index},
+                metadata={C.SOURCE: f"synthetic_cars/{spec.name}/{item.key}", "gsd_m": item.gsd_m,
+                          "model_index": item.model_index},
+            )
+            for index, item in enumerate(items)
+        ]
+
+    def load(self, item: SourceItem) -> np.ndarray:
+        from components.data.synthetic import render_item
+
+        return render_item(_items(self.config)[1][item.locator["index"]])
