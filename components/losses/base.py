@@ -1,0 +1,131 @@
+"""Base classes of every chipmatch loss.
+
+The base class owns ``forward`` and the input checks; a subclass only writes ``compute_loss``
+(the maths). Every loss is called the same way, ``loss(embeddings, labels)``, and returns a
+scalar tensor that stays connected to the autograd graph even when a batch holds no usable
+pair (so ``loss.backward()`` never fails on an unlucky batch).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+CLASS_LABELS = "class"            # LongTensor [B] of class indices
+CONTINUOUS_LABELS = "continuous"  # float [B] or [B, A] of continuous attributes
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def zero_loss(embeddings: torch.Tensor) -> torch.Tensor:
+    """A zero that keeps the graph (a batch without pairs must still allow backward())."""
+    return embeddings.sum() * 0.0
+
+
+class MetricLoss(nn.Module):
+    """A loss called as ``loss(embeddings, labels)`` that returns a scalar.
+
+    Subclasses set the class attributes below and implement :meth:`compute_loss`.
+    """
+
+    #: True when the loss owns trainable tensors (proxies, classifier weights) that must be
+    #: handed to the optimiser together with the model.
+    has_parameters: ClassVar[bool] = False
+    #: ``CLASS_LABELS`` or ``CONTINUOUS_LABELS``.
+    label_kind: ClassVar[str] = CLASS_LABELS
+    #: Set by losses that own per-class tensors; labels must then lie in [0, num_classes).
+    num_classes: int | None = None
+    #: Set by losses that own tensors of the embedding width.
+    embedding_dim: int | None = None
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.check_embeddings(embeddings)
+        if self.label_kind == CONTINUOUS_LABELS:
+            self.check_continuous_labels(labels, len(embeddings))
+        else:
+            self.check_class_labels(labels, len(embeddings))
+        return self.compute_loss(embeddings, labels)
+
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- input checks (ValueError/TypeError naming what is wrong, never assert) ----------
+    def check_embeddings(self, embeddings) -> None:
+        name = type(self).__name__
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(f"{name}: embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if embeddings.ndim != 2:
+            raise ValueError(f"{name}: embeddings must have shape [B, D], got {tuple(embeddings.shape)}")
+        if not embeddings.is_floating_point():
+            raise TypeError(f"{name}: embeddings must be floating point, got {embeddings.dtype}")
+        if self.embedding_dim is not None and embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"{name}: embeddings have width {embeddings.shape[1]} but the loss was built "
+                f"with embedding_dim={self.embedding_dim}"
+            )
+
+    def check_class_labels(self, labels, batch_size: int) -> None:
+        name = type(self).__name__
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"{name}: labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.ndim != 1 or len(labels) != batch_size:
+            raise ValueError(
+                f"{name}: labels must have shape [B]=[{batch_size}], got {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"{name}: labels must be integer class indices, got {labels.dtype}")
+        if batch_size == 0:
+            raise ValueError(f"{name}: the batch is empty")
+        # One host sync per call; cheap next to a backward pass, and a silent out-of-range
+        # label would otherwise index garbage (or crash a CUDA kernel with no message).
+        low, high = torch.stack([labels.min(), labels.max()]).tolist()
+        if low < 0:
+            raise ValueError(f"{name}: labels must be >= 0, got {low}")
+        if self.num_classes is not None and high >= self.num_classes:
+            raise ValueError(
+                f"{name}: label {high} is out of range for num_classes={self.num_classes}"
+            )
+
+    def check_continuous_labels(self, labels, batch_size: int) -> None:
+        name = type(self).__name__
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"{name}: labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.ndim not in (1, 2) or len(labels) != batch_size:
+            raise ValueError(
+                f"{name}: labels must have shape [B] or [B, A] with B={batch_size}, "
+                f"got {tuple(labels.shape)}"
+            )
+        if not labels.is_floating_point():
+            raise TypeError(f"{name}: continuous labels must be floating point, got {labels.dtype}")
+
+
+class ParametricLoss(MetricLoss):
+    """A loss that owns per-class trainable tensors (proxies or classifier weights)."""
+
+    has_parameters: ClassVar[bool] = True
+
+    def __init__(self, num_classes: int, embedding_dim: int):
+        super().__init__()
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
