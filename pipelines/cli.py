@@ -25,6 +25,14 @@ def _ingest(config, console: Console) -> dict[str, Any]:
     return result_json(result)
 
 
+def _train(config, console: Console) -> dict[str, Any]:
+    from pipelines.train import result_json, run_train, summary_table
+
+    runs = run_train(config, console)
+    console.print(summary_table(runs))
+    return result_json(runs)
+
+
 def _run(config, console: Console) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
@@ -33,6 +41,7 @@ def _run(config, console: Console) -> dict[str, Any]:
 
 STAGES: dict[str, tuple[Callable, str]] = {
     "ingest": (_ingest, "ingest a source, split it and shard it into a WebDataset version"),
+    "train": (_train, "train an embedding per configured loss with Ray Train (tracked in MLflow)"),
     "run": (_run, "run the whole pipeline on a config"),
 }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.data.sources import SOURCE_CONFIGS, available_sources
 from components.data.splits import SplitSpec
@@ -62,12 +62,107 @@ class RayConfig(Section):
     num_cpus: int | None = None      # logical CPUs of the embedded Ray (None: all cores)
 
 
+class ModelConfig(Section):
+    backbone: Literal["small_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "small_cnn"
+    embedding_dim: int = Field(256, ge=8, le=4096)
+    batchnorm: bool = True
+    scale: float = Field(1.0, gt=0)
+    weights: str | None = None       # local backbone state_dict (never downloaded)
+
+
+class LossConfig(Section):
+    name: str
+    params: dict[str, Any] = {}
+    attributes: list[str] | None = None   # log_ratio: which continuous labels (default: all)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from components.losses import available_losses
+
+        if name not in available_losses():
+            raise ValueError(f"unknown loss {name!r}; valid choices: {available_losses()}")
+        return name
+
+    @model_validator(mode="after")
+    def _params_fit_the_loss(self) -> "LossConfig":
+        from components.losses import build_loss, loss_class
+
+        shape = {"num_classes": 4, "embedding_dim": 8} if getattr(loss_class(self.name), "has_parameters", False) else {}
+        try:
+            build_loss(self.name, **shape, **self.params)   # raises naming the bad parameter
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    classes_per_batch: int = Field(16, ge=1)      # P
+    images_per_class: int = Field(4, ge=1)        # K
+    batches_per_epoch: int | None = Field(None, ge=1)   # default: ceil(N / (P·K))
+    lr: float = Field(1e-3, gt=0)
+    loss_lr_multiplier: float = Field(1.0, gt=0)  # proxies / classifier weights
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(0.0, ge=0)
+    augment: bool = True
+    rotation: Literal["any", "right", "none"] = "any"
+    seed: int = 0
+    amp: bool = True                              # bfloat16 autocast on GPU
+    init_from: str | None = None                  # a run name of this config's `runs`, or a model URI
+    freeze_backbone: bool = False
+    num_workers: int = Field(1, ge=1)             # Ray Train workers (DDP)
+    use_gpu: bool | None = None                   # None: when the cluster has GPUs
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)            # worker-group restarts from the last checkpoint
+    fail_at_epoch: int | None = None              # test hook: kill one worker once at this epoch
+    dataset: str | None = None                    # manifest URI (default: the latest ingested version)
+
+
+class RunSpec(Section):
+    """One training run of a sequence: a name, a loss, and any `train` field to change."""
+
+    name: str
+    loss: str | LossConfig
+    overrides: dict[str, Any] = {}
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_file(cls, value: Any) -> Any:
+        return _resolve_group("loss", value) if isinstance(value, str) else value
+
+
+class TrackingConfig(Section):
+    uri: str | None = None            # default: sqlite:///<storage.root>/mlflow.db
+    experiment: str = "chipmatch"
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
     shard: ShardConfig = ShardConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig(name="triplet")
+    train: TrainConfig = TrainConfig()
+    runs: list[RunSpec] = []          # trained in order by `chipmatch train` (default: one run of `loss`)
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _runs_reference_earlier_runs(self) -> "Config":
+        names: list[str] = []
+        for run in self.runs:
+            if run.name in names:
+                raise ValueError(f"runs: the name {run.name!r} is used twice")
+            TrainConfig(**{**self.train.model_dump(), **run.overrides})   # overrides name real fields
+            init = run.overrides.get("init_from")
+            if init and "://" not in init and "/" not in init and init not in names:
+                raise ValueError(f"runs.{run.name}.init_from={init!r} names no earlier run; earlier runs: {names}")
+            names.append(run.name)
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -27,4 +27,5 @@ def ensure_ray(config: RayConfig | None = None) -> None:
         return
     # An embedded cluster serves this process only: keep every port on loopback.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=config.num_cpus, include_dashboard=False, **kwargs)
+    # The dashboard serves the state API that Ray Train uses to watch its controller.
+    ray.init(num_cpus=config.num_cpus, include_dashboard=True, **kwargs)

@@ -35,5 +35,5 @@ def ray_session():
 
     if not ray.is_initialized():
         # More logical CPUs than cores: Train/Tune drivers need a small reservation of their own.
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
     yield ray

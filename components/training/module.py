@@ -1,0 +1,41 @@
+"""The model and its loss as one module, so DDP keeps both in sync.
+
+Proxies and classifier weights live in the loss; wrapping model + loss in one module means
+DDP all-reduces their gradients too, so every worker holds identical loss parameters.
+
+Pair and triplet losses mine over the *global* batch: embeddings are all-gathered with a
+differentiable collective before the loss. Each rank then computes the loss of the whole
+global batch; the all-gather's backward sums every rank's gradient into the rank that
+owns the embedding (W times the true gradient), and DDP's average divides by W again: the
+parameter gradients equal those of one worker on the same global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' embeddings (with gradient) and labels, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embeddings, labels
+    from torch.distributed.nn.functional import all_gather
+
+    gathered = torch.cat(all_gather(embeddings), dim=0)
+    label_parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(label_parts, labels.contiguous())
+    return gathered, torch.cat(label_parts, dim=0)
+
+
+class TrainModule(nn.Module):
+    def __init__(self, model: nn.Module, loss: nn.Module, gather: bool = True):
+        super().__init__()
+        self.model, self.loss, self.gather = model, loss, gather
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model(images)
+        if self.gather:
+            embeddings, labels = gather_batch(embeddings, labels)
+        return self.loss(embeddings.float(), labels)

@@ -1,0 +1,183 @@
+"""The train stage: one Ray Train run per configured loss, tracked in MLflow.
+
+This driver only resolves inputs and builds ScalingConfig / RunConfig / TorchTrainer; the
+training itself is `components.training.loop.train_loop_per_worker`. A run whose output for
+the same config and dataset version already exists is skipped, so a pipeline resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from components import constants as C
+from components.data.versions import latest_version, manifest_path, open_version
+from components.storage import Store, sha256_json
+from components.tracking import RunLogger, create_run, default_tracking_uri, ensure_experiment, prepare_store
+from components.training.checkpoint import BUNDLE_FILENAME
+from pipelines.config import Config, LossConfig, TrainConfig
+from pipelines.ray_session import ensure_ray
+
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class TrainedRun:
+    name: str
+    loss: str
+    model_uri: str            # folder holding the model bundle
+    run_id: str               # MLflow run
+    metrics: dict[str, Any]
+    skipped: bool
+
+
+def tracking_uri(config: Config) -> str:
+    return config.tracking.uri or default_tracking_uri(config.storage.root)
+
+
+def resolve_dataset(config: Config) -> str:
+    """The manifest URI to train on: `train.dataset`, else the latest ingested version."""
+    if config.train.dataset:
+        return open_version(config.train.dataset).uri
+    store = Store(config.storage.root)
+    from components.data.sources import build_source
+
+    dataset = build_source(config.data).dataset_name()
+    version = latest_version(store, dataset)
+    if version is None:
+        raise FileNotFoundError(f"no ingested dataset {dataset!r} under {store.uri}: run `chipmatch ingest` first "
+                                "(or set train.dataset to a manifest URI)")
+    return store.uri_of(manifest_path(dataset, version))
+
+
+def run_plan(config: Config) -> list[tuple[str, LossConfig, TrainConfig]]:
+    """(name, loss, train settings) of every run, in order."""
+    if not config.runs:
+        return [(config.loss.name, config.loss, config.train)]
+    plan = []
+    for run in config.runs:
+        loss = run.loss if isinstance(run.loss, LossConfig) else LossConfig(**run.loss)
+        plan.append((run.name, loss, TrainConfig(**{**config.train.model_dump(), **run.overrides})))
+    return plan
+
+
+def run_train(config: Config, console: Console, dataset_uri: str | None = None, parent_run_id: str | None = None) -> list[TrainedRun]:
+    dataset_uri = dataset_uri or resolve_dataset(config)
+    ensure_ray(config.ray)
+    uri = tracking_uri(config)
+    prepare_store(uri)
+    store = Store(config.storage.root)
+    experiment_id = ensure_experiment(uri, config.tracking.experiment, store.uri_of("mlartifacts"))
+    done: dict[str, TrainedRun] = {}
+    for name, loss, train in run_plan(config):
+        if train.init_from in done:
+            train = train.model_copy(update={"init_from": done[train.init_from].model_uri})
+        done[name] = train_one(config, console, name, loss, train, dataset_uri, uri, experiment_id, parent_run_id)
+    return list(done.values())
+
+
+def train_one(config: Config, console: Console, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str,
+              tracking: str, experiment_id: str, parent_run_id: str | None) -> TrainedRun:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from components.training.loop import train_loop_per_worker
+
+    version = open_version(dataset_uri)
+    resolved = {"model": config.model.model_dump(), "loss": loss.model_dump(),
+                "train": train.model_dump(exclude={"fail_at_epoch", "max_failures", "dataset"}), "dataset": dataset_uri}
+    run_key = f"{name}-{sha256_json(resolved)[:12]}"
+    store = Store(config.storage.root)
+    folder = f"{RUNS_DIR}/{version.dataset}/{version.version}/{run_key}"
+    if store.exists(f"{folder}/{RESULT_FILE}"):
+        result = store.read_json(f"{folder}/{RESULT_FILE}")
+        console.log(f"[train] {name}: already trained ({store.uri_of(folder)}), skipping")
+        return TrainedRun(name, loss.name, result["model_uri"], result["run_id"], result["metrics"], skipped=True)
+
+    tags = {"loss": loss.name, "backbone": config.model.backbone, "embedding_dim": config.model.embedding_dim,
+            "dataset": version.dataset, "dataset_version": version.version, "split_seed": version.manifest["split"]["seed"],
+            "run_key": run_key, "stage": "train"}
+    run_id = create_run(tracking, experiment_id, name, tags, parent_run_id)
+    logger = RunLogger(tracking, run_id)
+    logger.log_params({**resolved, "run_name": name})
+    use_gpu = train.use_gpu if train.use_gpu is not None else _cluster_has_gpus()
+    _check_resources(train, use_gpu)
+    loop_config = {**resolved, "train": train.model_dump(), "output_uri": store.uri_of(f"{folder}/model"),
+                   "tracking": {"uri": tracking, "run_id": run_id}, "threads_per_worker": train.threads_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_key, storage_path=_absolute(store.uri_of("ray_results")),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    console.log(f"[train] {name}: loss={loss.name} workers={train.num_workers} gpu={use_gpu} epochs={train.epochs}")
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception:
+        logger.terminate("FAILED")
+        raise
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics["wall_seconds"] = time.time() - started
+    logger.log_metrics({"train_seconds": metrics.get("train_seconds", 0.0), "epochs": metrics.get("epoch", 0),
+                        "wall_seconds": metrics["wall_seconds"]})
+    logger.terminate("FINISHED")
+    model_uri = store.uri_of(f"{folder}/model")
+    if not Store(model_uri).exists(BUNDLE_FILENAME):
+        raise RuntimeError(f"training {name} finished without writing a model to {model_uri}")
+    store.write_json(f"{folder}/{RESULT_FILE}", {"model_uri": model_uri, "run_id": run_id, "metrics": metrics})
+    return TrainedRun(name, loss.name, model_uri, run_id, metrics, skipped=False)
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _check_resources(train: TrainConfig, use_gpu: bool) -> None:
+    """Fail fast instead of waiting forever for workers the cluster cannot place."""
+    import ray
+
+    resources = ray.cluster_resources()
+    need_cpu = train.num_workers * train.cpus_per_worker
+    if resources.get("CPU", 0) < need_cpu:
+        raise ValueError(f"train.num_workers={train.num_workers} × cpus_per_worker={train.cpus_per_worker} needs "
+                         f"{need_cpu} CPUs but the cluster has {resources.get('CPU', 0)}: lower train.num_workers "
+                         "or train.cpus_per_worker, or add nodes")
+    if use_gpu and resources.get("GPU", 0) < train.num_workers:
+        raise ValueError(f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; "
+                         f"the cluster has {resources.get('GPU', 0)}")
+
+
+def summary_table(runs: list[TrainedRun]) -> Table:
+    table = Table(title="training")
+    for column in ("run", "loss", "epochs", "train time", f"val {C.METRIC_MAP}", f"val {C.recall_at(1)}", "status"):
+        table.add_column(column)
+    for run in runs:
+        m = run.metrics
+        table.add_row(run.name, run.loss, str(int(m.get("epoch", 0))), f"{m.get('train_seconds', 0):.1f} s",
+                      f"{m.get('best_val_mAP', float('nan')):.4f}", f"{m.get('val_R@1', float('nan')):.4f}",
+                      "skipped (done)" if run.skipped else "trained")
+    return table
+
+
+def result_json(runs: list[TrainedRun]) -> dict[str, Any]:
+    return {"stage": "train", "runs": [{"name": r.name, "loss": r.loss, "model": r.model_uri, "mlflow_run_id": r.run_id,
+                                        "skipped": r.skipped, "metrics": r.metrics} for r in runs]}
