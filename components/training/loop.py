@@ -169,7 +169,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     logger = _rank0_logger(config) if rank == 0 else None
     for epoch in range(state["epoch"], train_cfg["epochs"]):
-        _maybe_inject_failure(config, epoch, rank, world)
         started = time.time()
         module.train()
         sampler.set_epoch(epoch)
@@ -183,6 +182,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             scheduler.step()
             losses.append(value.item())
+            _maybe_inject_failure(config, epoch, rank, world)
         state["train_seconds"] += time.time() - started
         state["epoch"] = epoch + 1
 
@@ -217,7 +217,7 @@ def _report(metrics, rank, inner, optimizer, scheduler, state) -> None:
 
 
 def _maybe_inject_failure(config: dict, epoch: int, rank: int, world: int) -> None:
-    """Test hook: kill one worker process once, at the start of `train.fail_at_epoch`."""
+    """Test hook: kill one worker process once, during epoch `train.fail_at_epoch` (0-based)."""
     fail_at = config["train"].get("fail_at_epoch")
     if fail_at is None or epoch != fail_at or rank != world - 1:
         return

@@ -16,14 +16,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from components.training.collectives import differentiable_all_gather
+
+
 
 def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' embeddings (with gradient) and labels, in rank order."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return embeddings, labels
-    from torch.distributed.nn.functional import all_gather
-
-    gathered = torch.cat(all_gather(embeddings), dim=0)
+    gathered = torch.cat(differentiable_all_gather(embeddings), dim=0)
     label_parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
     dist.all_gather(label_parts, labels.contiguous())
     return gathered, torch.cat(label_parts, dim=0)

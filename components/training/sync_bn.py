@@ -16,6 +16,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from components.training.collectives import differentiable_all_reduce
+
+
 
 class GlobalBatchNorm(_BatchNorm):
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -26,11 +29,9 @@ class GlobalBatchNorm(_BatchNorm):
         synced = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not synced:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0] + list(range(2, x.dim()))
         local_count = torch.tensor([x.numel() / x.size(1)], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), local_count]))
+        stats = differentiable_all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), local_count]))
         channels = x.size(1)
         count = stats[-1]
         mean = stats[:channels] / count

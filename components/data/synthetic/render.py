@@ -262,7 +262,7 @@ def _photometry(small: Image.Image, rng: random.Random, nuisance: NuisanceConfig
         gradient = 1.0 + tilt * (math.cos(direction) * cols + math.sin(direction) * rows)
         image *= gradient[extra]
     if nuisance.noise:
-        read_sigma, shot_gain = rng.uniform(1.5, 5.0), rng.uniform(0.05, 0.35)
+        read_sigma, shot_gain = rng.uniform(1.0, 4.0), rng.uniform(0.03, 0.25)
         sigma = np.sqrt(read_sigma ** 2 + shot_gain * np.maximum(image, 0.0))
         if channels == 3:
             noise = np.stack([textures.crop("gauss", size, size, rng) for _ in range(3)], axis=-1)
