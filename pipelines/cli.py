@@ -33,6 +33,14 @@ def _train(config, console: Console) -> dict[str, Any]:
     return result_json(runs)
 
 
+def _evaluate(config, console: Console) -> dict[str, Any]:
+    from pipelines.evaluate import result_json, run_evaluate, summary_table
+
+    evaluated = run_evaluate(config, console)
+    console.print(summary_table(evaluated, config.evaluate.taps))
+    return result_json(evaluated)
+
+
 def _run(config, console: Console) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
@@ -42,6 +50,7 @@ def _run(config, console: Console) -> dict[str, Any]:
 STAGES: dict[str, tuple[Callable, str]] = {
     "ingest": (_ingest, "ingest a source, split it and shard it into a WebDataset version"),
     "train": (_train, "train an embedding per configured loss with Ray Train (tracked in MLflow)"),
+    "evaluate": (_evaluate, "measure retrieval of every trained run on the unseen classes"),
     "run": (_run, "run the whole pipeline on a config"),
 }
 

@@ -139,6 +139,16 @@ class TrackingConfig(Section):
     experiment: str = "chipmatch"
 
 
+class EvaluateConfig(Section):
+    taps: list[str] = ["embedding", "penultimate"]      # feature layers measured side by side
+    ks: list[int] = [1, 2, 4, 8, 16, 32]                 # Recall@K (add 10, 100, 1000 on request)
+    batch_size: int = Field(256, ge=1)
+    num_actors: int = Field(1, ge=1)                     # Ray Data embedding actors
+    use_gpu: bool | None = None                          # None: when the cluster has GPUs
+    grid_queries: int = Field(8, ge=1)                   # rows of the retrieval grid PNG
+    grid_k: int = Field(8, ge=1)
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -150,6 +160,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     runs: list[RunSpec] = []          # trained in order by `chipmatch train` (default: one run of `loss`)
     tracking: TrackingConfig = TrackingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _runs_reference_earlier_runs(self) -> "Config":

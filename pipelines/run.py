@@ -1,7 +1,9 @@
 """`chipmatch run`: the whole pipeline on one config.
 
-Stages run in order and each one skips its work when its output for the same inputs already
-exists (ingest is content-addressed), so a failed run resumes where it stopped.
+ingest → split → shard → train (each configured loss) → evaluate. Every stage skips its work
+when its output for the same inputs already exists (content-addressed dataset versions, run
+folders keyed by config hash, evaluation files keyed by settings), so a failed run resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -10,12 +12,25 @@ from typing import Any
 
 from rich.console import Console
 
+from pipelines import evaluate, ingest, train
 from pipelines.config import Config
-from pipelines.ingest import result_json, run_ingest, summary_table
 
 
 def run_pipeline(config: Config, console: Console) -> dict[str, Any]:
     console.rule("[bold]ingest → split → shard")
-    ingested = run_ingest(config, console)
-    console.print(summary_table(ingested))
-    return {"stage": "run", "stages": {"ingest": result_json(ingested)}, "manifest": ingested.manifest_uri}
+    ingested = ingest.run_ingest(config, console)
+    console.print(ingest.summary_table(ingested))
+
+    console.rule("[bold]train")
+    runs = train.run_train(config, console, dataset_uri=ingested.manifest_uri)
+    console.print(train.summary_table(runs))
+
+    console.rule("[bold]evaluate")
+    evaluated = evaluate.run_evaluate(config, console, dataset_uri=ingested.manifest_uri, runs=runs)
+    console.print(evaluate.summary_table(evaluated, config.evaluate.taps))
+    return {
+        "stage": "run",
+        "manifest": ingested.manifest_uri,
+        "stages": {"ingest": ingest.result_json(ingested), "train": train.result_json(runs),
+                   "evaluate": evaluate.result_json(evaluated)},
+    }

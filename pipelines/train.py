@@ -68,6 +68,35 @@ def run_plan(config: Config) -> list[tuple[str, LossConfig, TrainConfig]]:
     return plan
 
 
+def run_location(config: Config, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str) -> tuple[dict, str, str]:
+    """(resolved training config, run key, run folder under the storage root) of one run.
+
+    The key hashes everything that determines the trained model, so the same run on the same
+    dataset version always lands in the same folder (and is skipped when it is there).
+    """
+    version = open_version(dataset_uri)
+    resolved = {"model": config.model.model_dump(), "loss": loss.model_dump(),
+                "train": train.model_dump(exclude={"fail_at_epoch", "max_failures", "dataset"}), "dataset": dataset_uri}
+    run_key = f"{name}-{sha256_json(resolved)[:12]}"
+    return resolved, run_key, f"{RUNS_DIR}/{version.dataset}/{version.version}/{run_key}"
+
+
+def trained_runs(config: Config, dataset_uri: str | None = None) -> list[TrainedRun]:
+    """The runs of this config that have finished training (in plan order)."""
+    dataset_uri = dataset_uri or resolve_dataset(config)
+    store = Store(config.storage.root)
+    runs, model_uris = [], {}
+    for name, loss, train in run_plan(config):
+        if train.init_from in model_uris:
+            train = train.model_copy(update={"init_from": model_uris[train.init_from]})
+        _, _, folder = run_location(config, name, loss, train, dataset_uri)
+        if store.exists(f"{folder}/{RESULT_FILE}"):
+            result = store.read_json(f"{folder}/{RESULT_FILE}")
+            model_uris[name] = result["model_uri"]
+            runs.append(TrainedRun(name, loss.name, result["model_uri"], result["run_id"], result["metrics"], skipped=True))
+    return runs
+
+
 def run_train(config: Config, console: Console, dataset_uri: str | None = None, parent_run_id: str | None = None) -> list[TrainedRun]:
     dataset_uri = dataset_uri or resolve_dataset(config)
     ensure_ray(config.ray)
@@ -91,11 +120,8 @@ def train_one(config: Config, console: Console, name: str, loss: LossConfig, tra
     from components.training.loop import train_loop_per_worker
 
     version = open_version(dataset_uri)
-    resolved = {"model": config.model.model_dump(), "loss": loss.model_dump(),
-                "train": train.model_dump(exclude={"fail_at_epoch", "max_failures", "dataset"}), "dataset": dataset_uri}
-    run_key = f"{name}-{sha256_json(resolved)[:12]}"
+    resolved, run_key, folder = run_location(config, name, loss, train, dataset_uri)
     store = Store(config.storage.root)
-    folder = f"{RUNS_DIR}/{version.dataset}/{version.version}/{run_key}"
     if store.exists(f"{folder}/{RESULT_FILE}"):
         result = store.read_json(f"{folder}/{RESULT_FILE}")
         console.log(f"[train] {name}: already trained ({store.uri_of(folder)}), skipping")

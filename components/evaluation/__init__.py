@@ -1,0 +1,30 @@
+"""Exact retrieval metrics (streaming over query chunks), classification accuracy and plots.
+
+`plots` is not imported here: it pulls in matplotlib, which metric-only callers do not need.
+"""
+
+from components.evaluation.classification import classification_accuracy
+from components.evaluation.layers import evaluate_layers
+from components.evaluation.retrieval import (
+    NUM_QUERIES,
+    NUM_QUERIES_WITHOUT_RELEVANT,
+    PER_CLASS_AP,
+    PR_PRECISION,
+    PR_RECALL,
+    RetrievalResult,
+    evaluate_retrieval,
+    retrieval_metrics,
+)
+
+__all__ = [
+    "NUM_QUERIES",
+    "NUM_QUERIES_WITHOUT_RELEVANT",
+    "PER_CLASS_AP",
+    "PR_PRECISION",
+    "PR_RECALL",
+    "RetrievalResult",
+    "classification_accuracy",
+    "evaluate_layers",
+    "evaluate_retrieval",
+    "retrieval_metrics",
+]

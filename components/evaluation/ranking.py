@@ -1,0 +1,205 @@
+"""Exact ranks of each query's relevant gallery items, computed without sorting the gallery.
+
+Every retrieval metric used here (AP, MAP@R, R-precision, Recall@K, PR curves) depends only on
+the ranks of a query's *relevant* items: if the k-th relevant item (k = 1..R) sits at rank
+r_k, precision at that hit is k / r_k. So instead of sorting all G gallery scores of each query
+(O(G log G) per query, which dominates a naive evaluator) we count, for each relevant item,
+how many gallery items are ranked ahead of it.
+
+Ranking rule (the tie-break): descending float32 score, then ascending gallery column, which is
+ascending original index (the gallery keeps the caller's order). It is a total order, so ranks
+are unique and deterministic; the query itself is never part of its own ranking.
+
+Per chunk of B queries against all G gallery items:
+
+1. scores = queries @ galleryᵀ in float32 (B x G, the only B x G float matrix kept).
+2. Each row's scores are mapped to integer bins by a monotone function (subtract, multiply,
+   clip, truncate: each step is monotone under IEEE rounding), so an item in a higher bin
+   always has a strictly higher score. The bins span the row's relevant scores
+   [min, max]: bin 0 holds everything below (never ahead of a relevant item), bin nb+1
+   everything above. A histogram and its cumulative sum give, per bin, how many items lie in
+   strictly higher bins.
+3. Only items sharing a bin with a relevant item ("candidates") need an exact comparison.
+   They are few (about R x items-per-bin per row); sorting them by (row, score desc, column)
+   gives each one's position inside its bin.
+4. rank = 1 + (#items in higher bins) + (#items ahead of it inside its bin).
+
+Rounding in step 2 can only move an item into a neighbouring bin, which makes it a candidate:
+results stay exact, only the candidate count grows (collapsed embeddings with masses of equal
+scores are slow, not wrong). Rows are offset into one flat bin space so histogram, cumulative
+sum and lookups are single 1-d operations.
+
+The steps run on a small kernel set (`_kernels`): numpy on CPU, torch on GPU. On CPU the
+score matrix of a chunk is processed in row blocks of about a million scores so the
+element-wise passes run in cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+# Bin ranges narrower than this (relative to the score magnitude) are widened: a single
+# relevant item (R = 1) gives a zero-width range, and float32 rounding of the shift would
+# otherwise swamp the bin width.
+_MIN_RELATIVE_WIDTH = 2.0**-8
+_MIN_ABSOLUTE_WIDTH = 1e-12
+# float32 rounding of shift, difference and product moves a score by < 3 bins; the relevant
+# range is mapped this many bins inside the range bins so no relevant item falls into the
+# open-ended "below" / "above" bins (which would make all those items candidates: slow).
+_BIN_MARGIN = 4
+# Flat bin ids are built in float32 and must be exact integers: keep B * (nb + 3) < 2^23.
+MAX_FLAT_BINS = 2**23
+
+
+@dataclass(frozen=True)
+class GalleryLayout:
+    """The gallery (in the caller's order) and, per class, its gallery columns."""
+
+    embeddings: Any      # (G, D) float32 (kernel array type, on the device)
+    labels: Any          # (G,) int64 class codes
+    class_start: Any     # (C + 1,) offsets into class_columns (CSR)
+    class_columns: Any   # (G,) gallery columns grouped by class, ascending inside a class
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def build_gallery_layout(gallery: torch.Tensor, gallery_codes: torch.Tensor, num_classes: int, kernels) -> GalleryLayout:
+    """Index the gallery by class so a query's relevant items are a slice of `class_columns`."""
+    order = torch.sort(gallery_codes, stable=True).indices  # ascending column inside a class
+    counts = torch.bincount(gallery_codes, minlength=num_classes)
+    class_start = torch.zeros(num_classes + 1, dtype=torch.int64, device=gallery_codes.device)
+    class_start[1:] = torch.cumsum(counts, 0)
+    return GalleryLayout(
+        embeddings=kernels.array(gallery.contiguous()),
+        labels=kernels.array(gallery_codes),
+        class_start=kernels.array(class_start),
+        class_columns=kernels.array(order),
+    )
+
+
+@dataclass(frozen=True)
+class RelevantRanks:
+    """Ranks of the relevant items of a chunk of queries, flattened (numpy, int64).
+
+    Entries are grouped by query row (ascending) and, within a row, in rank order, so
+    `hit_number` (k) runs 1..R for each query.
+    """
+
+    row: np.ndarray           # (M,) query row inside the chunk
+    hit_number: np.ndarray    # (M,) k: 1-based position among the query's relevant items
+    rank: np.ndarray          # (M,) 1-based rank in the query's full ranking
+    num_relevant: np.ndarray  # (B,) R per query
+
+
+def rank_relevant_items(
+    queries: Any,
+    query_codes: Any,
+    self_column: Any,
+    layout: GalleryLayout,
+    num_bins: int,
+    kernels: Any,
+) -> RelevantRanks:
+    """Exact ranks of each query's relevant items (method: module docstring).
+
+    queries: (B, D) float32; query_codes: (B,) int64 class codes; self_column: (B,) int64
+    gallery column of the query itself, -1 if it is not in the gallery (all three in the
+    kernels' array type, on the gallery's device). Every query must have at least one
+    relevant item (callers drop the others), and B * (num_bins + 3) < MAX_FLAT_BINS.
+    """
+    if num_bins < 4 * _BIN_MARGIN:
+        raise ValueError(f"num_bins must be at least {4 * _BIN_MARGIN}, got {num_bins}")
+    num_queries = int(queries.shape[0])
+    if num_queries * (num_bins + 3) >= MAX_FLAT_BINS:
+        raise ValueError(f"{num_queries} queries x {num_bins + 3} bins exceed {MAX_FLAT_BINS} flat bins")
+    scores = kernels.matmul_transposed(queries, layout.embeddings)  # (B, G) float32
+    block = kernels.block_rows(num_queries, layout.size)
+    bounds = [(begin, min(begin + block, num_queries)) for begin in range(0, num_queries, block)]
+
+    def rank_rows(begin: int, end: int):
+        rows, hit_number, rank = _rank_block(
+            scores[begin:end], query_codes[begin:end], self_column[begin:end], layout, num_bins, kernels
+        )
+        return rows + begin, hit_number, rank
+
+    parts = kernels.map_blocks(rank_rows, bounds)
+    k = kernels
+    hit_rows = k.concatenate([part[0] for part in parts])
+    hit_number = k.concatenate([part[1] for part in parts])
+    rank = k.concatenate([part[2] for part in parts])
+
+    start = layout.class_start[query_codes]
+    num_relevant = layout.class_start[query_codes + 1] - start - (self_column >= 0) * 1
+    found = k.to_numpy(k.row_counts(hit_rows, num_queries))
+    expected = k.to_numpy(num_relevant)
+    if not np.array_equal(found, expected):  # an internal invariant, cheap to check
+        raise RuntimeError("ranking found a different number of relevant items than expected")
+    return RelevantRanks(
+        row=k.to_numpy(hit_rows), hit_number=k.to_numpy(hit_number),
+        rank=k.to_numpy(rank), num_relevant=expected,
+    )
+
+
+def _rank_block(scores, query_codes, self_column, layout: GalleryLayout, num_bins: int, k):
+    """(row, hit number, rank) of every relevant item of a block of rows of the score matrix."""
+    num_queries, gallery_size = int(scores.shape[0]), layout.size
+    # Per row: bin 0 holds only the query itself (never counted, never a candidate), bin 1
+    # everything below the relevant range, bins 2..nb+1 the range, bin nb+2 everything above.
+    bins_per_row = num_bins + 3
+    row_ids = k.arange(num_queries, query_codes)
+
+    # Relevant (row, column) pairs: a slice of the class's gallery columns, minus the query.
+    start = layout.class_start[query_codes]
+    count = layout.class_start[query_codes + 1] - start
+    rows = k.repeat(row_ids, count)
+    first_entry = k.cumsum(count) - count
+    slot = start[rows] + k.arange(rows.shape[0], query_codes) - first_entry[rows]
+    columns = layout.class_columns[slot]
+    not_self = columns != self_column[rows]
+    relevant_rows = rows[not_self]
+    relevant_flat = relevant_rows * gallery_size + columns[not_self]
+
+    flat_scores = k.ravel(scores)
+    # Monotone map of each row's scores to bins: [lowest, highest] relevant score ->
+    # [2 + margin, nb + 1 - margin], plus the row's offset in the flat bin space.
+    low_score, high_score = k.segment_min_max(flat_scores[relevant_flat], relevant_rows, num_queries)
+    low64, high64 = k.small_float64(low_score), k.small_float64(high_score)
+    magnitude = (abs(low64) + abs(high64)) * _MIN_RELATIVE_WIDTH
+    width = (high64 - low64).clip(min=magnitude).clip(min=_MIN_ABSOLUTE_WIDTH)
+    scale = (num_bins - 1 - 2 * _BIN_MARGIN) / width
+    row_base = k.small_float64(row_ids) * bins_per_row
+    shift = low64 - (2.0 + _BIN_MARGIN + row_base) / scale  # the offset folded into the shift
+    bins = k.bins(scores, k.to_float32(shift), k.to_float32(scale),
+                  k.to_float32(row_base + 1), k.to_float32(row_base + bins_per_row - 1))
+    flat_bins = k.ravel(bins)
+    has_self = k.flatnonzero(self_column >= 0)
+    flat_bins[has_self * gallery_size + self_column[has_self]] = has_self * bins_per_row
+
+    histogram = k.bincount(flat_bins, num_queries * bins_per_row)
+    cumulative = k.cumsum(histogram)  # inclusive: items in this bin or lower bins (of all rows)
+    row_total = cumulative[row_ids * bins_per_row + bins_per_row - 1]
+
+    marked = k.zeros_bool(num_queries * bins_per_row, query_codes)
+    marked[flat_bins[relevant_flat]] = True
+    candidates = k.flatnonzero(k.take(marked, bins))  # row-major: (row, column) ascending
+    cand_rows = candidates // gallery_size
+
+    # Order by (row, score desc); the stable sort keeps ascending column for equal scores.
+    descending = (2**31 - 1) - k.float32_order_key(flat_scores[candidates])
+    order = k.stable_argsort((cand_rows << 32) | descending)
+    candidates, cand_rows = candidates[order], cand_rows[order]
+    cand_bins = flat_bins[candidates]
+    # Bins are monotone in score, so each bin's candidates are contiguous in this order.
+    ahead_in_bin = k.arange(candidates.shape[0], query_codes) - k.run_starts(cand_bins)
+
+    cand_columns = candidates - cand_rows * gallery_size
+    hit = k.flatnonzero(layout.labels[cand_columns] == query_codes[cand_rows])
+    hit_rows, hit_bins = cand_rows[hit], cand_bins[hit]
+    rank = 1 + (row_total[hit_rows] - cumulative[hit_bins]) + ahead_in_bin[hit]
+    hit_number = k.arange(hit.shape[0], query_codes) - k.run_starts(hit_rows) + 1
+    return hit_rows, hit_number, rank

@@ -1,0 +1,149 @@
+"""The evaluate stage: every trained run of the config, measured on the unseen classes.
+
+Writes `evaluation.json` next to each run's model (skipped when it exists for the same
+evaluation settings), logs the metrics, a metrics JSON, the retrieval grid and the PR curves
+of all runs of the config on one plot to each run's MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from components import constants as C
+from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
+from components.storage import Store, sha256_json
+from components.tracking import RunLogger
+from pipelines.config import Config
+from pipelines.ray_session import ensure_ray
+from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
+
+EVALUATION_PREFIX = "evaluation"
+
+
+@dataclass
+class EvaluatedRun:
+    name: str
+    loss: str
+    run_id: str
+    metrics: dict[str, float]           # flat: main tap unprefixed, other taps "<tap>.<metric>"
+    evaluation_uri: str
+    skipped: bool
+
+
+def run_evaluate(config: Config, console: Console, dataset_uri: str | None = None,
+                 runs: list[TrainedRun] | None = None) -> list[EvaluatedRun]:
+    dataset_uri = dataset_uri or resolve_dataset(config)
+    runs = runs if runs is not None else trained_runs(config, dataset_uri)
+    if not runs:
+        raise FileNotFoundError("no trained runs for this config and dataset version: run `chipmatch train` first")
+    ensure_ray(config.ray)
+    settings = config.evaluate.model_dump()
+    use_gpu = settings.pop("use_gpu")
+    use_gpu = use_gpu if use_gpu is not None else _cluster_has_gpus()
+    tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
+    evaluated, curves = [], {}
+    for run in runs:
+        store = Store(run.model_uri.rsplit("/model", 1)[0])
+        name = f"{EVALUATION_PREFIX}-{tag}.json"
+        if store.exists(name):
+            saved = store.read_json(name)
+            console.log(f"[evaluate] {run.name}: already evaluated, skipping")
+            curves[run.name] = (np.array(saved["pr_curve"]["recall"]), np.array(saved["pr_curve"]["precision"]))
+            evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, saved["metrics"], store.uri_of(name), True))
+            continue
+        console.log(f"[evaluate] {run.name}: embedding unseen classes, taps {config.evaluate.taps}")
+        result = evaluate_model(dataset_uri, run.model_uri, tuple(config.evaluate.taps), tuple(config.evaluate.ks),
+                                config.evaluate.batch_size, config.evaluate.num_actors, use_gpu)
+        main = config.evaluate.taps[0]
+        flat = result.flat_metrics(main)
+        curves[run.name] = result.pr_curves[main]
+        record = {"run": run.name, "loss": run.loss, "model": run.model_uri, "dataset": dataset_uri,
+                  "metrics": flat, "per_tap": result.metrics, "per_class_AP": result.per_class_ap,
+                  "pr_curve": {"recall": result.pr_curves[main][0].tolist(), "precision": result.pr_curves[main][1].tolist()}}
+        store.write_json(name, record)
+        _log(config, run, flat, record, result, dataset_uri)
+        evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(name), False))
+    _log_pr_curves(config, evaluated, curves)
+    return evaluated
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _log(config: Config, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation, dataset_uri: str) -> None:
+    logger = RunLogger(tracking_uri(config), run.run_id)
+    logger.log_metrics(flat)
+    logger.log_dict(record, "evaluation/metrics.json")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "retrieval_grid.png")
+        write_retrieval_grid(result, dataset_uri, config.evaluate.taps[0], config.evaluate.grid_queries,
+                             config.evaluate.grid_k, path)
+        logger.log_artifact(path, "evaluation")
+
+
+def write_retrieval_grid(result: ModelEvaluation, dataset_uri: str, tap: str, num_queries: int, k: int, path: str) -> None:
+    """Queries spread over the unseen set, each followed by its top-k gallery items."""
+    from components.data.reader import load_split
+    from components.data.versions import open_version
+    from components.evaluation.plots import retrieval_grid
+
+    unseen = result.unseen
+    arrays = load_split(open_version(dataset_uri), C.SPLIT_UNSEEN)
+    position = {key: i for i, key in enumerate(arrays.keys)}
+    features = unseen.features[tap] / np.linalg.norm(unseen.features[tap], axis=1, keepdims=True).clip(1e-12)
+    query, gallery = role_masks(unseen.roles)
+    query_rows = np.flatnonzero(query)[np.linspace(0, query.sum() - 1, min(num_queries, query.sum())).astype(int)]
+    gallery_rows = np.flatnonzero(gallery)
+    images = lambda rows: np.stack([arrays.images[position[unseen.keys[r]]] for r in rows])  # noqa: E731
+    retrieved_rows = []
+    for row in query_rows:
+        scores = features[gallery_rows] @ features[row]
+        order = [gallery_rows[i] for i in np.argsort(-scores, kind="stable") if gallery_rows[i] != row][:k]
+        retrieved_rows.append(order)
+    retrieval_grid(images(query_rows), np.stack([images(r) for r in retrieved_rows]),
+                   [unseen.labels[r] for r in query_rows], [[unseen.labels[i] for i in r] for r in retrieved_rows], path)
+
+
+def _log_pr_curves(config: Config, evaluated: list[EvaluatedRun], curves: dict) -> None:
+    from components.evaluation.plots import plot_pr_curves
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "pr_curves.png")
+        plot_pr_curves({f"{run.name} ({run.loss})": curves[run.name] for run in evaluated}, path)
+        Store(config.storage.root).write_bytes(f"evaluation/{config.tracking.experiment}/pr_curves.png", open(path, "rb").read())
+        for run in evaluated:
+            RunLogger(tracking_uri(config), run.run_id).log_artifact(path, "evaluation")
+
+
+def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
+    table = Table(title="retrieval on unseen classes")
+    columns = [C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(8)]
+    table.add_column("run")
+    table.add_column("loss")
+    for tap in taps:
+        for column in columns:
+            table.add_column(column if tap == taps[0] else f"{tap} {column}", justify="right")
+    table.add_column(C.METRIC_ACCURACY, justify="right")
+    for run in evaluated:
+        cells = [run.name, run.loss]
+        for tap in taps:
+            cells += [f"{run.metrics.get(c if tap == taps[0] else f'{tap}.{c}', float('nan')):.4f}" for c in columns]
+        accuracy = run.metrics.get(C.METRIC_ACCURACY)
+        table.add_row(*cells, "-" if accuracy is None else f"{accuracy:.4f}")
+    return table
+
+
+def result_json(evaluated: list[EvaluatedRun]) -> dict[str, Any]:
+    return {"stage": "evaluate", "runs": [{"name": r.name, "loss": r.loss, "mlflow_run_id": r.run_id,
+                                           "evaluation": r.evaluation_uri, "skipped": r.skipped, "metrics": r.metrics}
+                                          for r in evaluated]}
