@@ -17,7 +17,7 @@ from rich.console import Console
 from pipelines.config import ConfigError, load_config
 
 
-def _ingest(config, console: Console) -> dict[str, Any]:
+def _ingest(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.ingest import result_json, run_ingest, summary_table
 
     result = run_ingest(config, console)
@@ -25,7 +25,7 @@ def _ingest(config, console: Console) -> dict[str, Any]:
     return result_json(result)
 
 
-def _train(config, console: Console) -> dict[str, Any]:
+def _train(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.train import result_json, run_train, summary_table
 
     runs = run_train(config, console)
@@ -33,7 +33,7 @@ def _train(config, console: Console) -> dict[str, Any]:
     return result_json(runs)
 
 
-def _evaluate(config, console: Console) -> dict[str, Any]:
+def _evaluate(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.evaluate import result_json, run_evaluate, summary_table
 
     evaluated = run_evaluate(config, console)
@@ -41,7 +41,13 @@ def _evaluate(config, console: Console) -> dict[str, Any]:
     return result_json(evaluated)
 
 
-def _run(config, console: Console) -> dict[str, Any]:
+def _compare(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.compare import run_compare
+
+    return run_compare(config, console, experiment=args.experiment, sort=args.sort)
+
+
+def _run(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
     return run_pipeline(config, console)
@@ -51,6 +57,7 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "ingest": (_ingest, "ingest a source, split it and shard it into a WebDataset version"),
     "train": (_train, "train an embedding per configured loss with Ray Train (tracked in MLflow)"),
     "evaluate": (_evaluate, "measure retrieval of every trained run on the unseen classes"),
+    "compare": (_compare, "compare the runs of an MLflow experiment (loss, time, epochs, accuracy, mAP, R@1, MAP@R)"),
     "run": (_run, "run the whole pipeline on a config"),
 }
 
@@ -63,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config (default: conf/quickstart.yaml)")
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=folder data.root=DIR")
+        if name == "compare":
+            sub.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
+            sub.add_argument("--sort", default="mAP", help="column to sort by (default: mAP)")
     return parser
 
 
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         handler, _ = STAGES[args.command]
-        result = handler(config, console)
+        result = handler(config, console, args)
     except (ConfigError, ValueError, FileNotFoundError, TypeError) as exc:
         console.print(f"[bold red]chipmatch {args.command}: error:[/] {exc}")
         if args.json:

@@ -149,6 +149,98 @@ class EvaluateConfig(Section):
     grid_k: int = Field(8, ge=1)
 
 
+TUNABLE_SECTIONS = ("model", "loss", "train")   # what a trial may change (data and splits are fixed)
+
+
+class SearchDomain(Section):
+    """One entry of a sweep's `space`: how a config key is sampled.
+
+    uniform / loguniform: `low`, `high` (floats; loguniform needs low > 0) · randint: `low`, `high`
+    (integers, both inclusive) · choice: `values` (sampled at random) · grid: `values` (every one)
+    """
+
+    type: Literal["uniform", "loguniform", "randint", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> "SearchDomain":
+        if self.type in ("choice", "grid"):
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError(f"type {self.type} takes a non-empty `values` list and no low/high")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"type {self.type} takes `low` and `high` and no `values`")
+        if not self.low < self.high:
+            raise ValueError(f"low={self.low} must be below high={self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "randint" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"randint needs integer low/high, got {self.low}, {self.high}")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values that must all be valid configs: the bounds, or every listed value."""
+        if self.values is not None:
+            return list(self.values)
+        if self.type == "randint":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class SchedulerConfig(Section):
+    type: Literal["asha", "fifo"] = "asha"        # asha: stop poor trials early; fifo: run every trial fully
+    grace_period: int = Field(1, ge=1)            # epochs before a trial can be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int | None = Field(None, ge=1)         # default: train.epochs
+
+
+class TrialResources(Section):
+    """What the training workers of one trial use in total, split evenly over train.num_workers
+    (null: train.cpus_per_worker / train.use_gpu as configured). Fractional GPUs pack trials."""
+
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
+
+
+class SweepConfig(Section):
+    """A Ray Tune sweep (`conf/tune/<name>.yaml`); keys of `space` are dotted config keys."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: str = "val_mAP"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1)             # samples drawn (× every combination of `grid` entries)
+    max_concurrent_trials: int = Field(1, ge=1)
+    seed: int = 0                                 # of the sampler: the same file draws the same trials
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources_per_trial: TrialResources = TrialResources()
+    overrides: dict[str, Any] = {}                # dotted config keys set for every trial (e.g. loss: triplet)
+    space: dict[str, SearchDomain]
+
+    @field_validator("metric")
+    @classmethod
+    def _reported_metric(cls, metric: str) -> str:
+        from components import constants as C
+
+        reported = [f"val_{C.METRIC_MAP}", f"val_{C.recall_at(1)}", f"val_{C.METRIC_ACCURACY}", "best_val_mAP", "train_loss"]
+        if metric not in reported:
+            raise ValueError(f"metric {metric!r} is not reported by training; choose one of {reported}")
+        return metric
+
+    @field_validator("space")
+    @classmethod
+    def _tunable_keys(cls, space: dict[str, SearchDomain]) -> dict[str, SearchDomain]:
+        if not space:
+            raise ValueError("space is empty: name at least one config key to sample, e.g. train.lr")
+        for key in space:
+            section, _, rest = key.partition(".")
+            if section not in TUNABLE_SECTIONS or not rest:
+                raise ValueError(f"space key {key!r}: a trial can change keys of {list(TUNABLE_SECTIONS)} only "
+                                 "(e.g. train.lr, model.embedding_dim, loss.params.margin)")
+        return space
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -161,6 +253,15 @@ class Config(Section):
     runs: list[RunSpec] = []          # trained in order by `chipmatch train` (default: one run of `loss`)
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tune: SweepConfig | None = None   # `chipmatch tune`: conf/tune/<name>.yaml
+
+    @model_validator(mode="after")
+    def _sweep_fits_the_config(self) -> "Config":
+        if self.tune is not None:
+            from pipelines.tune import check_sweep
+
+            check_sweep(self)   # space keys name real config keys; every candidate value validates
+        return self
 
     @model_validator(mode="after")
     def _runs_reference_earlier_runs(self) -> "Config":
@@ -219,6 +320,13 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not keys:
         raise ConfigError(f"override {override!r} has an empty key")
     value = yaml.safe_load(text) if text.strip() else None
+    apply_value(raw, keys, value, f"override {override!r}")
+
+
+def apply_value(raw: dict[str, Any], keys: list[str] | str, value: Any, what: str | None = None) -> None:
+    """Set a dotted key of a raw (unvalidated) config as an override would (`loss` → conf/loss/…)."""
+    keys = keys.split(".") if isinstance(keys, str) else keys
+    what = what or f"key {'.'.join(keys)!r}"
     if len(keys) == 1:
         raw[keys[0]] = _resolve_group(keys[0], value)
         return
@@ -228,7 +336,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
+            raise ConfigError(f"{what}: {'.'.join(keys[:depth + 1])} is a value, not a section")
         node = child
     node[keys[-1]] = value
 
@@ -256,13 +364,34 @@ def format_errors(exc: ValidationError) -> str:
 def valid_keys(location: tuple) -> list[str]:
     """The field names of the model found at `location` inside `Config`."""
     model: Any = Config
+    skip_key = False
     for part in location:
         if isinstance(part, str) and part in available_sources():
             model = next(c for c in SOURCE_CONFIGS if c.model_fields["source"].default == part)
             continue
+        if skip_key:      # the key of a dict of sections (tune.space.<key>)
+            skip_key = False
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             break
-        annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+        annotation, skip_key = _section_of(field.annotation)
+        model = annotation or model
     return sorted(getattr(model, "model_fields", {}))
+
+
+def _section_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The section model a field holds (also through `X | None` and `dict[str, X]`), and
+    whether the next location part is a dict key."""
+    from typing import get_args, get_origin
+
+    def model_of(candidate: Any) -> type[BaseModel] | None:
+        return candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+
+    if model_of(annotation):
+        return annotation, False
+    args = get_args(annotation)
+    if get_origin(annotation) is dict and len(args) == 2:
+        return model_of(args[1]), model_of(args[1]) is not None
+    models = [a for a in args if model_of(a)]
+    return (models[0], False) if len(models) == 1 and len(args) == 2 and type(None) in args else (None, False)

@@ -112,45 +112,67 @@ def run_train(config: Config, console: Console, dataset_uri: str | None = None, 
     return list(done.values())
 
 
-def train_one(config: Config, console: Console, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str,
-              tracking: str, experiment_id: str, parent_run_id: str | None) -> TrainedRun:
+@dataclass
+class PlannedRun:
+    """One training run, resolved: what `train_one` and a tune trial both train."""
+
+    name: str
+    loss: LossConfig
+    train: TrainConfig
+    dataset_uri: str
+    resolved: dict[str, Any]   # see run_location
+    run_key: str
+    folder: str                # where `train_one` puts it (a tune trial uses its sweep's folder)
+    tags: dict[str, Any]
+
+
+def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str) -> PlannedRun:
+    version = open_version(dataset_uri)
+    resolved, run_key, folder = run_location(config, name, loss, train, dataset_uri)
+    tags = {"loss": loss.name, "backbone": config.model.backbone, "embedding_dim": config.model.embedding_dim,
+            "dataset": version.dataset, "dataset_version": version.version, "split_seed": version.manifest["split"]["seed"],
+            "run_key": run_key, "stage": "train"}
+    return PlannedRun(name, loss, train, dataset_uri, resolved, run_key, folder, tags)
+
+
+def start_run(planned: PlannedRun, tracking: str, experiment_id: str, parent_run_id: str | None,
+              tags: dict[str, Any] | None = None) -> RunLogger:
+    """Create the run's MLflow run (a child run when `parent_run_id` is given) and log its params."""
+    run_id = create_run(tracking, experiment_id, planned.name, {**planned.tags, **(tags or {})}, parent_run_id)
+    logger = RunLogger(tracking, run_id)
+    logger.log_params({**planned.resolved, "run_name": planned.name})
+    return logger
+
+
+def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_path: str, ray_name: str,
+            callbacks: list | None = None, gpus_per_worker: float | None = None) -> dict[str, Any]:
+    """Train with a TorchTrainer around `train_loop_per_worker`; returns the last metrics.
+    The MLflow run ends FINISHED, or FAILED when training raises."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from components.training.loop import train_loop_per_worker
 
-    version = open_version(dataset_uri)
-    resolved, run_key, folder = run_location(config, name, loss, train, dataset_uri)
-    store = Store(config.storage.root)
-    if store.exists(f"{folder}/{RESULT_FILE}"):
-        result = store.read_json(f"{folder}/{RESULT_FILE}")
-        console.log(f"[train] {name}: already trained ({store.uri_of(folder)}), skipping")
-        return TrainedRun(name, loss.name, result["model_uri"], result["run_id"], result["metrics"], skipped=True)
-
-    tags = {"loss": loss.name, "backbone": config.model.backbone, "embedding_dim": config.model.embedding_dim,
-            "dataset": version.dataset, "dataset_version": version.version, "split_seed": version.manifest["split"]["seed"],
-            "run_key": run_key, "stage": "train"}
-    run_id = create_run(tracking, experiment_id, name, tags, parent_run_id)
-    logger = RunLogger(tracking, run_id)
-    logger.log_params({**resolved, "run_name": name})
-    use_gpu = train.use_gpu if train.use_gpu is not None else _cluster_has_gpus()
-    _check_resources(train, use_gpu)
-    loop_config = {**resolved, "train": train.model_dump(), "output_uri": store.uri_of(f"{folder}/model"),
-                   "tracking": {"uri": tracking, "run_id": run_id}, "threads_per_worker": train.threads_per_worker}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=run_key, storage_path=_absolute(store.uri_of("ray_results")),
-            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    console.log(f"[train] {name}: loss={loss.name} workers={train.num_workers} gpu={use_gpu} epochs={train.epochs}")
+    train = planned.train
     started = time.time()
     try:
+        use_gpu = train.use_gpu if train.use_gpu is not None else _cluster_has_gpus()
+        _check_resources(train, use_gpu, gpus_per_worker)
+        resources = {"CPU": train.cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu and gpus_per_worker else {})}
+        loop_config = {**planned.resolved, "train": train.model_dump(), "output_uri": output_uri,
+                       "tracking": {"uri": logger.tracking_uri, "run_id": logger.run_id},
+                       "threads_per_worker": train.threads_per_worker}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=ray_name, storage_path=_absolute(storage_path), callbacks=callbacks or None,
+                failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
         result = trainer.fit()
     except Exception:
         logger.terminate("FAILED")
@@ -160,11 +182,27 @@ def train_one(config: Config, console: Console, name: str, loss: LossConfig, tra
     logger.log_metrics({"train_seconds": metrics.get("train_seconds", 0.0), "epochs": metrics.get("epoch", 0),
                         "wall_seconds": metrics["wall_seconds"]})
     logger.terminate("FINISHED")
+    if not Store(output_uri).exists(BUNDLE_FILENAME):
+        raise RuntimeError(f"training {planned.name} finished without writing a model to {output_uri}")
+    return metrics
+
+
+def train_one(config: Config, console: Console, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str,
+              tracking: str, experiment_id: str, parent_run_id: str | None) -> TrainedRun:
+    planned = plan_run(config, name, loss, train, dataset_uri)
+    store = Store(config.storage.root)
+    folder = planned.folder
+    if store.exists(f"{folder}/{RESULT_FILE}"):
+        result = store.read_json(f"{folder}/{RESULT_FILE}")
+        console.log(f"[train] {name}: already trained ({store.uri_of(folder)}), skipping")
+        return TrainedRun(name, loss.name, result["model_uri"], result["run_id"], result["metrics"], skipped=True)
+
+    logger = start_run(planned, tracking, experiment_id, parent_run_id)
+    console.log(f"[train] {name}: loss={loss.name} workers={train.num_workers} epochs={train.epochs}")
     model_uri = store.uri_of(f"{folder}/model")
-    if not Store(model_uri).exists(BUNDLE_FILENAME):
-        raise RuntimeError(f"training {name} finished without writing a model to {model_uri}")
-    store.write_json(f"{folder}/{RESULT_FILE}", {"model_uri": model_uri, "run_id": run_id, "metrics": metrics})
-    return TrainedRun(name, loss.name, model_uri, run_id, metrics, skipped=False)
+    metrics = fit_run(planned, logger, model_uri, store.uri_of("ray_results"), planned.run_key)
+    store.write_json(f"{folder}/{RESULT_FILE}", {"model_uri": model_uri, "run_id": logger.run_id, "metrics": metrics})
+    return TrainedRun(name, loss.name, model_uri, logger.run_id, metrics, skipped=False)
 
 
 def _absolute(uri: str) -> str:
@@ -177,11 +215,17 @@ def _cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def _check_resources(train: TrainConfig, use_gpu: bool) -> None:
+def _check_resources(train: TrainConfig, use_gpu: bool, gpus_per_worker: float | None = None) -> None:
     """Fail fast instead of waiting forever for workers the cluster cannot place."""
     import ray
 
     resources = ray.cluster_resources()
+    if use_gpu and gpus_per_worker:
+        need_gpu = train.num_workers * gpus_per_worker
+        if resources.get("GPU", 0) < need_gpu:
+            raise ValueError(f"{train.num_workers} workers × {gpus_per_worker} GPU need {need_gpu} GPUs; "
+                             f"the cluster has {resources.get('GPU', 0)}")
+        use_gpu = False   # checked here; the check below assumes one GPU per worker
     need_cpu = train.num_workers * train.cpus_per_worker
     if resources.get("CPU", 0) < need_cpu:
         raise ValueError(f"train.num_workers={train.num_workers} × cpus_per_worker={train.cpus_per_worker} needs "

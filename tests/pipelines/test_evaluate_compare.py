@@ -1,0 +1,55 @@
+"""Train two tiny runs, evaluate them and compare them through MLflow (real Ray, real sqlite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from components import constants as C
+from pipelines.compare import run_compare
+from pipelines.config import load_config
+from pipelines.evaluate import run_evaluate
+from pipelines.train import run_train, tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
+    root, manifest = tiny_dataset
+    config = load_config(None, [
+        f"storage.root={root}", f"train.dataset={manifest}", "data=synthetic_tiny", "model.embedding_dim=32",
+        "train.epochs=1", "train.batches_per_epoch=3", "train.classes_per_batch=8", "train.images_per_class=4",
+        "train.threads_per_worker=1", "tracking.experiment=compare-test",
+        "runs=[{name: ce, loss: cross_entropy}, {name: warp, loss: warp, overrides: {init_from: ce, epochs: 1}}]",
+    ])
+    console = Console(stderr=True, quiet=True)
+    runs = run_train(config, console)
+    evaluated = run_evaluate(config, console, runs=runs)
+    assert [e.name for e in evaluated] == ["ce", "warp"]
+    for run in evaluated:
+        metrics = run.metrics
+        for key in (C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(32), f"penultimate.{C.METRIC_MAP}"):
+            assert 0.0 <= metrics[key] <= 1.0, key
+        assert 0.0 <= metrics[C.METRIC_ACCURACY] <= 1.0          # classifier losses report accuracy
+        record = json.loads(Path(run.evaluation_uri).read_text())
+        assert set(record["per_class_AP"]["embedding"]) <= set(json.loads(Path(manifest).read_text())["split"]["unseen_classes"])
+    client = mlflow.tracking.MlflowClient(tracking_uri(config))
+    artifacts = {a.path for a in client.list_artifacts(evaluated[0].run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/retrieval_grid.png", "evaluation/pr_curves.png"} <= artifacts
+    grid = client.download_artifacts(evaluated[0].run_id, "evaluation/retrieval_grid.png", str(tmp_path))
+    assert Image.open(grid).size[1] > 0
+    # Re-running evaluation does no work.
+    assert all(e.skipped for e in run_evaluate(config, console, runs=runs))
+
+    report = run_compare(config, console, sort="mAP")
+    rows = report["rows"]
+    assert [r["run"] for r in rows] == sorted([r["run"] for r in rows], key=lambda n: -next(x["mAP"] for x in rows if x["run"] == n))
+    assert {r["loss"] for r in rows} == {"cross_entropy", "warp"}
+    markdown = Path(report["markdown"]).read_text()
+    assert "| run | loss | training time | epochs | classification accuracy | mAP | R@1 | MAP@R |" in markdown
+    assert Path(report["csv"]).read_text().startswith("run,loss,dataset_version,train_seconds,epochs,accuracy,mAP")
