@@ -47,6 +47,14 @@ def _compare(config, console: Console, args: argparse.Namespace) -> dict[str, An
     return run_compare(config, console, experiment=args.experiment, sort=args.sort)
 
 
+def _tune(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.tune import result_json, run_tune, summary_table
+
+    result = run_tune(config, console)
+    console.print(summary_table(result))
+    return result_json(result)
+
+
 def _run(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
@@ -58,6 +66,7 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "train": (_train, "train an embedding per configured loss with Ray Train (tracked in MLflow)"),
     "evaluate": (_evaluate, "measure retrieval of every trained run on the unseen classes"),
     "compare": (_compare, "compare the runs of an MLflow experiment (loss, time, epochs, accuracy, mAP, R@1, MAP@R)"),
+    "tune": (_tune, "sweep hyperparameters with Ray Tune + ASHA (tune=<conf/tune file>); writes the best config"),
     "run": (_run, "run the whole pipeline on a config"),
 }
 

@@ -356,6 +356,8 @@ def format_errors(exc: ValidationError) -> str:
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             lines.append(f"{key}.source must be one of {available_sources()}; got {error.get('input', {}).get('source')!r}"
                          if isinstance(error.get("input"), dict) else f"{key}: choose a source from {available_sources()}")
+        elif not location and kind == "value_error":   # a check across sections: its message says it all
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"bad value for {key!r}: {error['msg']} (got {error.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

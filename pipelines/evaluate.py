@@ -126,20 +126,20 @@ def _log_pr_curves(config: Config, evaluated: list[EvaluatedRun], curves: dict) 
 
 
 def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
-    table = Table(title="retrieval on unseen classes")
-    columns = [C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(8)]
-    table.add_column("run")
-    table.add_column("loss")
-    for tap in taps:
-        for column in columns:
-            table.add_column(column if tap == taps[0] else f"{tap} {column}", justify="right")
-    table.add_column(C.METRIC_ACCURACY, justify="right")
+    """The main tap in full, the other taps by mAP and R@1 (side by side, to compare layers)."""
+    main_columns = [C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(8)]
+    other_columns = [C.METRIC_MAP, C.recall_at(1)]
+    table = Table(title=f"retrieval on unseen classes ({taps[0]} layer; other layers prefixed)")
+    headers = ["run", "loss", *main_columns, C.METRIC_ACCURACY,
+               *[f"{tap} {c}" for tap in taps[1:] for c in other_columns]]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("run", "loss") else "right", overflow="fold")
     for run in evaluated:
-        cells = [run.name, run.loss]
-        for tap in taps:
-            cells += [f"{run.metrics.get(c if tap == taps[0] else f'{tap}.{c}', float('nan')):.4f}" for c in columns]
         accuracy = run.metrics.get(C.METRIC_ACCURACY)
-        table.add_row(*cells, "-" if accuracy is None else f"{accuracy:.4f}")
+        cells = [run.name, run.loss, *[f"{run.metrics.get(c, float('nan')):.4f}" for c in main_columns],
+                 "-" if accuracy is None else f"{accuracy:.4f}",
+                 *[f"{run.metrics.get(f'{tap}.{c}', float('nan')):.4f}" for tap in taps[1:] for c in other_columns]]
+        table.add_row(*cells)
     return table
 
 

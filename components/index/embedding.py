@@ -90,7 +90,7 @@ def embed_split(manifest_uri: str, split: str, model_uri: str, taps: tuple[str, 
     rows = (
         ray.data.from_items(shards)
         .map_batches(read_shards, batch_size=1, batch_format="numpy", fn_kwargs={"manifest_uri": manifest_uri})
-        .map_batches(Embedder, batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+        .map_batches(Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
                      num_gpus=1 if use_gpu else 0,
                      fn_constructor_kwargs={"model_uri": model_uri, "taps": tuple(taps), "use_gpu": use_gpu})
         .take_all()
