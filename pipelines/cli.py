@@ -55,6 +55,22 @@ def _tune(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     return result_json(result)
 
 
+def _index(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.index import run_index
+
+    return run_index(config, console)
+
+
+def _search(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+    from components.index import SearchFilter
+    from pipelines.search import run_search
+
+    bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
+    time_range = (args.time_from, args.time_to) if (args.time_from or args.time_to) else None
+    search_filter = SearchFilter(labels=args.label or None, bbox=bbox, time_range=time_range, scene_ids=args.scene or None)
+    return run_search(args.index, args.image, args.embedding, args.k, search_filter, args.grid, args.query_label, console)
+
+
 def _run(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
@@ -67,6 +83,8 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "evaluate": (_evaluate, "measure retrieval of every trained run on the unseen classes"),
     "compare": (_compare, "compare the runs of an MLflow experiment (loss, time, epochs, accuracy, mAP, R@1, MAP@R)"),
     "tune": (_tune, "sweep hyperparameters with Ray Tune + ASHA (tune=<conf/tune file>); writes the best config"),
+    "index": (_index, "embed a dataset version and build a sharded FAISS index (conf/index/*.yaml)"),
+    "search": (_search, "query an index with an image (or an embedding), with metadata filters"),
     "run": (_run, "run the whole pipeline on a config"),
 }
 
@@ -79,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config (default: conf/quickstart.yaml)")
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=folder data.root=DIR")
+        if name == "search":
+            sub.add_argument("--index", required=True, help="index folder URI (printed by `chipmatch index`)")
+            sub.add_argument("--image", help="query chip (PNG, JPEG, TIFF)")
+            sub.add_argument("--embedding", help="query embedding (.npy) instead of an image")
+            sub.add_argument("-k", type=int, default=10, help="results (default 10)")
+            sub.add_argument("--grid", help="write a PNG: the query, then the results")
+            sub.add_argument("--query-label", help="the query's class, if known (grid borders)")
+            sub.add_argument("--label", action="append", help="only results of this class (repeatable)")
+            sub.add_argument("--bbox", help="only results inside min_lon,min_lat,max_lon,max_lat")
+            sub.add_argument("--time-from", help="only results at or after this time (ISO 8601)")
+            sub.add_argument("--time-to", help="only results at or before this time (ISO 8601)")
+            sub.add_argument("--scene", action="append", help="only results from this scene id (repeatable)")
         if name == "compare":
             sub.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
             sub.add_argument("--sort", default="mAP", help="column to sort by (default: mAP)")

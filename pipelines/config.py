@@ -241,6 +241,19 @@ class SweepConfig(Section):
         return space
 
 
+class IndexConfig(Section):
+    factory: str = "Flat"                # faiss index_factory string
+    num_shards: int = Field(1, ge=1)
+    train_size: int = Field(100_000, ge=1)
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+    run: str | None = None               # which trained run to index (default: best unseen mAP)
+    splits: list[Literal["train", "val", "unseen"]] = ["train", "val", "unseen"]
+    batch_size: int = Field(256, ge=1)
+    num_actors: int = Field(1, ge=1)
+    use_gpu: bool | None = None
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -253,6 +266,7 @@ class Config(Section):
     runs: list[RunSpec] = []          # trained in order by `chipmatch train` (default: one run of `loss`)
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    index: IndexConfig = IndexConfig()
     tune: SweepConfig | None = None   # `chipmatch tune`: conf/tune/<name>.yaml
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 """`chipmatch run`: the whole pipeline on one config.
 
-ingest → split → shard → train (each configured loss) → evaluate → compare. Every stage skips its work
+ingest → split → shard → train (each configured loss) → evaluate → index → compare. Every stage skips its work
 when its output for the same inputs already exists (content-addressed dataset versions, run
 folders keyed by config hash, evaluation files keyed by settings), so a failed run resumes
 where it stopped.
@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines import compare, evaluate, ingest, train
+from pipelines import compare, evaluate, index, ingest, train
 from pipelines.config import Config
 
 
@@ -29,11 +29,18 @@ def run_pipeline(config: Config, console: Console) -> dict[str, Any]:
     evaluated = evaluate.run_evaluate(config, console, dataset_uri=ingested.manifest_uri, runs=runs)
     console.print(evaluate.summary_table(evaluated, config.evaluate.taps))
 
+    console.rule("[bold]index")
+    indexed = index.run_index(config, console, dataset_uri=ingested.manifest_uri, runs=runs,
+                              metrics={run.name: run.metrics for run in evaluated})
+    console.log(f"[index] {indexed['factory']} over {indexed['counts']['vectors']} chips of run "
+                f"{indexed['run']!r}: {indexed['index']}")
+
     console.rule("[bold]compare")
     compared = compare.run_compare(config, console)
     return {
         "stage": "run",
         "manifest": ingested.manifest_uri,
         "stages": {"ingest": ingest.result_json(ingested), "train": train.result_json(runs),
-                   "evaluate": evaluate.result_json(evaluated), "compare": compared},
+                   "evaluate": evaluate.result_json(evaluated), "index": indexed,
+                   "compare": compared},
     }

@@ -1,63 +1,162 @@
-"""Figures logged with evaluations: PR curves of several runs on one plot, and retrieval grids.
+"""Evaluation figures written as PNG files: PR curves of several runs, and retrieval grids.
 
-matplotlib runs with the Agg backend (no display needed) and is imported lazily.
+matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend
+switch), so importing this module changes nothing and plotting works without a display.
+Files are written atomically: a temporary sibling, then a rename.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-SAME_CLASS = (40, 180, 60)     # green border: retrieved item of the query's class
-OTHER_CLASS = (210, 40, 40)    # red border otherwise
-QUERY = (60, 110, 220)         # blue border: the query itself
+SAME_CLASS_COLOUR = (40, 170, 60)     # green border: retrieved item has the query's class
+OTHER_CLASS_COLOUR = (210, 40, 40)    # red border: a different class
+QUERY_COLOUR = (60, 90, 200)          # blue border around the query itself
+BACKGROUND = (255, 255, 255)
 
 
-def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str, title: str = "precision-recall (unseen classes)") -> None:
-    """One line per run: `curves[name] = (recall, precision)`."""
-    if not curves:
-        raise ValueError("plot_pr_curves needs at least one curve")
-    import matplotlib
+def _write_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 5), dpi=120)
-    for name, (recall, precision) in curves.items():
-        axes.plot(np.asarray(recall), np.asarray(precision), label=name, linewidth=1.6)
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="upper right")
+def plot_pr_curves(
+    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, title: str = "Precision-recall"
+) -> Path:
+    """One precision-recall line per name (e.g. per loss) on shared axes; returns the path.
+
+    curves: name -> (recall, precision), 1-d arrays of equal length (e.g. the `pr_recall` /
+    `pr_precision` outputs of `retrieval_metrics(..., return_pr_curve=True)`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("curves must be a non-empty mapping of name -> (recall, precision)")
+    figure = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        try:
+            recall, precision = (np.asarray(values, dtype=float) for values in curve)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"curve {name!r} must be a pair (recall, precision) of 1-d arrays") from exc
+        if recall.ndim != 1 or recall.shape != precision.shape or recall.size == 0:
+            raise ValueError(
+                f"curve {name!r}: recall and precision must be non-empty 1-d arrays of equal length, "
+                f"got shapes {recall.shape} and {precision.shape}"
+            )
+        axes.plot(recall, precision, label=str(name), linewidth=1.8)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.02)
+    axes.grid(True, alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return _write_atomically(path, buffer.getvalue())
 
 
-def _tile(image: np.ndarray, colour: tuple[int, int, int], size: int, border: int) -> Image.Image:
-    rgb = Image.fromarray(image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)).convert("RGB")
-    rgb = rgb.resize((size, size), Image.NEAREST)
-    framed = Image.new("RGB", (size + 2 * border, size + 2 * border), colour)
-    framed.paste(rgb, (border, border))
+def _tile(image: Any, colour: tuple[int, int, int], tile: int | None, border: int, name: str) -> np.ndarray:
+    """One framed RGB tile from an (H, W), (H, W, 1) or (H, W, 3) uint8 image."""
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 images, got dtype {pixels.dtype}")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"{name}: each image must be (H, W) grayscale or (H, W, 3) RGB, got shape {pixels.shape}")
+    if tile is not None:
+        # Nearest neighbour keeps the chip's pixels visible (32x32 chips would be specks).
+        pixels = np.asarray(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST))
+    height, width = pixels.shape[:2]
+    framed = np.empty((height + 2 * border, width + 2 * border, 3), dtype=np.uint8)
+    framed[...] = colour
+    framed[border:border + height, border:border + width] = pixels
     return framed
 
 
-def retrieval_grid(query_images: np.ndarray, retrieved_images: np.ndarray, query_labels: Sequence,
-                   retrieved_labels: Sequence[Sequence], path: str, tile: int = 64, border: int = 3) -> None:
-    """One row per query: the query (blue frame), then its top-k results, framed green when
-    they share the query's class and red otherwise. Images are uint8 H×W or H×W×C."""
-    queries, k = len(query_images), retrieved_images.shape[1]
-    if queries != len(retrieved_images) or queries != len(query_labels) or queries != len(retrieved_labels):
-        raise ValueError("retrieval_grid: queries, retrieved images and labels must have the same length")
-    cell, gap = tile + 2 * border, 8
-    canvas = Image.new("RGB", (cell * (k + 1) + gap, cell * queries), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for row in range(queries):
-        canvas.paste(_tile(query_images[row], QUERY, tile, border), (0, row * cell))
-        for column in range(k):
-            same = retrieved_labels[row][column] == query_labels[row]
-            canvas.paste(_tile(retrieved_images[row, column], SAME_CLASS if same else OTHER_CLASS, tile, border),
-                         (cell * (column + 1) + gap, row * cell))
-    draw.line([(cell + gap // 2, 0), (cell + gap // 2, cell * queries)], fill=(150, 150, 150), width=1)
-    canvas.save(path, format="PNG")
+def retrieval_grid(
+    query_images: Sequence[Any],
+    retrieved_images: Sequence[Sequence[Any]],
+    query_labels: Sequence[Any],
+    retrieved_labels: Sequence[Sequence[Any]],
+    path: str | os.PathLike,
+    tile: int | None = 64,
+    border: int = 3,
+    gap: int = 8,
+) -> Path:
+    """A PNG with one row per query: the query (blue frame), a gap, then its top-k results, each
+    framed green if it has the query's label and red otherwise. Returns the path.
+
+    query_images: Q images; retrieved_images: Q rows of K images (e.g. a (Q, K, H, W[, 3])
+    array); images are uint8, (H, W) grayscale or (H, W, 3) RGB. query_labels: Q labels;
+    retrieved_labels: Q rows of K labels. tile: every image is resized to tile x tile pixels
+    (nearest neighbour); None keeps sizes (then all images must have the same size).
+    """
+    num_queries = len(query_images)
+    if num_queries == 0:
+        raise ValueError("retrieval_grid needs at least one query image")
+    if len(retrieved_images) != num_queries or len(query_labels) != num_queries or len(retrieved_labels) != num_queries:
+        raise ValueError(
+            f"retrieval_grid: {num_queries} query images, but {len(retrieved_images)} rows of retrieved images, "
+            f"{len(query_labels)} query labels and {len(retrieved_labels)} rows of retrieved labels"
+        )
+    top_k = len(retrieved_images[0])
+    for row in range(num_queries):
+        if len(retrieved_images[row]) != top_k or len(retrieved_labels[row]) != top_k:
+            raise ValueError(f"retrieval_grid: row {row} must have {top_k} retrieved images and labels")
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be a positive pixel size or None, got {tile}")
+    if border < 1 or gap < 0:
+        raise ValueError(f"border must be >= 1 and gap >= 0, got border={border}, gap={gap}")
+
+    rows = []
+    for row in range(num_queries):
+        tiles = [_tile(query_images[row], QUERY_COLOUR, tile, border, "query_images")]
+        for rank in range(top_k):
+            same = retrieved_labels[row][rank] == query_labels[row]
+            colour = SAME_CLASS_COLOUR if same else OTHER_CLASS_COLOUR
+            tiles.append(_tile(retrieved_images[row][rank], colour, tile, border, "retrieved_images"))
+        shapes = {framed.shape for framed in tiles}
+        if len(shapes) != 1:
+            raise ValueError(f"retrieval_grid: images of row {row} differ in size {sorted(shapes)}; pass tile=...")
+        rows.append(tiles)
+    cell_h, cell_w = rows[0][0].shape[:2]
+    if any(framed.shape[:2] != (cell_h, cell_w) for tiles in rows for framed in tiles):
+        raise ValueError("retrieval_grid: images differ in size between rows; pass tile=...")
+
+    # The query column is followed by one extra gap that separates it from the results.
+    canvas_w = (top_k + 1) * cell_w + (top_k + 3) * gap
+    canvas_h = num_queries * cell_h + (num_queries + 1) * gap
+    canvas = np.empty((canvas_h, canvas_w, 3), dtype=np.uint8)
+    canvas[...] = BACKGROUND
+    for row, tiles in enumerate(rows):
+        top = gap + row * (cell_h + gap)
+        for column, framed in enumerate(tiles):
+            left = gap + column * (cell_w + gap) + (gap if column > 0 else 0)
+            canvas[top:top + cell_h, left:left + cell_w] = framed
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return _write_atomically(path, buffer.getvalue())

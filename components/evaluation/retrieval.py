@@ -25,12 +25,14 @@ Ranking and ties
 ----------------
 Features are L2-normalised first when `normalize=True` (the default; with normalised features
 squared distance = 2 - 2 * dot, so ranking by dot product is ranking by distance). Scores are
-float32 dot products. The ranking is by descending score; tied scores are broken by ascending
-index of the item in the input array. This rule is exact and deterministic, and does not
-depend on `chunk_size` or the device (up to float32 matmul rounding, which can differ between
-CPU and GPU kernels). Note that scikit-learn's `average_precision_score` instead treats tied
-scores as one threshold; both agree whenever a query has no tie between a relevant and a
-non-relevant item.
+float32 dot products (numpy's BLAS on CPU, torch / cuBLAS with TF32 disabled on GPU). The
+ranking is by descending score; tied scores are broken by ascending index of the item in the
+input array. Given the scores, this rule is exact and deterministic. Different matrix-product
+kernels (CPU vs GPU, numpy vs torch) may round a score differently in its last bit, which can
+swap two nearly tied items; chunk_size only changes the number of rows per product (numpy's
+BLAS gives bit-identical rows whatever that number; tests check results do not change).
+scikit-learn's `average_precision_score` treats tied scores as one threshold instead; both
+agree whenever a query has no tie between a relevant and a non-relevant item.
 
 Memory
 ------
@@ -76,6 +78,7 @@ PR_PRECISION = "pr_precision"          # np.ndarray, mean interpolated precision
 # (float32 scores and work buffer, int64 bins, bool marks, histogram), about 200 MB.
 DEFAULT_CHUNK_ELEMENTS = 2**23
 DEFAULT_PR_POINTS = 101
+BACKENDS = ("auto", "numpy", "torch")
 
 
 @dataclass
@@ -113,7 +116,8 @@ def _full_float32_matmul() -> Iterator[None]:
 def _num_bins(gallery_size: int) -> int:
     # About one bin per two gallery items: the histogram stays smaller than the score matrix
     # while a bin holding a relevant item holds only a few other items (the candidates).
-    return max(64, gallery_size // 2)
+    # Capped so that one row's bins always fit the flat bin space (see ranking.py).
+    return min(max(64, gallery_size // 2), MAX_FLAT_BINS // 2)
 
 
 def _rows_per_chunk(requested: int | None, gallery_size: int, num_bins: int) -> int:
@@ -156,7 +160,7 @@ def evaluate_retrieval(
     return_per_class: bool = False,
     return_pr_curve: bool = False,
     pr_points: int = DEFAULT_PR_POINTS,
-    _prefer_torch_kernels: bool = False,
+    backend: str = "auto",
 ) -> RetrievalResult:
     """Exact retrieval metrics with per-query details; see the module docstring.
 
@@ -164,7 +168,10 @@ def evaluate_retrieval(
     chunk_size: queries per chunk (None: about 8M scores per chunk, ~200 MB of work memory).
     device: None (the input tensor's device; CPU for numpy), 'auto' (CUDA if available), or a
     torch device. normalize: L2-normalise the features before scoring.
+    backend: 'auto' (numpy kernels on CPU, torch on GPU), 'numpy' (CPU only) or 'torch'.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     features = as_float_matrix(embeddings, "embeddings")
     num_items = features.shape[0]
     encoded = encode_labels(labels, num_items)
@@ -178,7 +185,9 @@ def evaluate_retrieval(
     if isinstance(pr_points, bool) or not isinstance(pr_points, int) or pr_points < 2:
         raise ValueError(f"pr_points must be an int >= 2, got {pr_points!r}")
     target = resolve_device(device, embeddings)
-    kernels = kernels_for(target, prefer_torch=_prefer_torch_kernels)
+    if backend == "numpy" and target.type != "cpu":
+        raise ValueError(f"backend 'numpy' runs on CPU only, but device is {target}")
+    kernels = kernels_for(target, prefer_torch=backend == "torch")
 
     features = features.to(target)
     if normalize:
@@ -187,9 +196,8 @@ def evaluate_retrieval(
     gallery_index = np.flatnonzero(in_gallery)
     query_index = np.flatnonzero(is_query)
     gallery_codes = torch.from_numpy(codes[gallery_index]).to(target)
-    layout = build_gallery_layout(
-        features[torch.from_numpy(gallery_index).to(target)], gallery_codes, encoded.num_classes, kernels
-    )
+    gallery = features if in_gallery.all() else features[torch.from_numpy(gallery_index).to(target)]
+    layout = build_gallery_layout(gallery, gallery_codes, encoded.num_classes, kernels)
     # R per query: gallery items of its class, minus itself when it is in the gallery.
     class_size = np.bincount(codes[gallery_index], minlength=encoded.num_classes)
     num_relevant = class_size[codes[query_index]] - in_gallery[query_index]
@@ -277,6 +285,7 @@ def retrieval_metrics(
     normalize: bool = True,
     return_per_class: bool = False,
     return_pr_curve: bool = False,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Retrieval metrics as a dict: mAP, MAP@R, R-precision, R@k for k in ks, plus
     num_queries / num_queries_without_relevant (as floats, so the dict is loggable as is).
@@ -288,7 +297,7 @@ def retrieval_metrics(
     result = evaluate_retrieval(
         embeddings, labels, ks, query_mask=query_mask, gallery_mask=gallery_mask,
         chunk_size=chunk_size, device=device, normalize=normalize,
-        return_per_class=return_per_class, return_pr_curve=return_pr_curve,
+        return_per_class=return_per_class, return_pr_curve=return_pr_curve, backend=backend,
     )
     output: dict[str, Any] = dict(result.metrics)
     if return_per_class:

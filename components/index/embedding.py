@@ -23,6 +23,7 @@ class EmbeddedSplit:
     keys: list[str]
     labels: list[str]                  # class names
     metas: list[dict[str, Any]]        # each sample's .json member
+    shards: list[str]                  # the shard holding each sample (to fetch its pixels)
     features: dict[str, np.ndarray]    # tap -> float32 [N, D], rows in `keys` order
 
     @property
@@ -40,9 +41,10 @@ def read_shards(batch: dict[str, np.ndarray], manifest_uri: str) -> dict[str, li
     from components.data.reader import iter_shard
 
     version = _version(manifest_uri)
-    rows: dict[str, list] = {"key": [], "png": [], "meta": []}
+    rows: dict[str, list] = {"key": [], "png": [], "meta": [], "shard": []}
     for name in batch["shard"]:
         for raw in iter_shard(version, str(name)):
+            rows["shard"].append(str(name))
             rows["key"].append(raw["__key__"])
             rows["png"].append(raw[C.WDS_IMAGE])
             rows["meta"].append(raw[C.WDS_META].decode("utf-8"))
@@ -73,7 +75,7 @@ class Embedder:
         with torch.no_grad():
             tensor = self.transform(torch.from_numpy(images)).to(self.device)
             features = self.model.extract(tensor, taps=self.taps)
-        out: dict[str, Any] = {"key": batch["key"], "meta": batch["meta"]}
+        out: dict[str, Any] = {"key": batch["key"], "meta": batch["meta"], "shard": batch["shard"]}
         for tap, value in features.items():
             out[f"feature_{tap}"] = value.float().cpu().numpy()
         return out
@@ -101,5 +103,6 @@ def embed_split(manifest_uri: str, split: str, model_uri: str, taps: tuple[str, 
         keys=[row["key"] for row in rows],
         labels=[m[C.LABEL] for m in metas],
         metas=metas,
+        shards=[str(row["shard"]) for row in rows],
         features={tap: np.stack([row[f"feature_{tap}"] for row in rows]).astype(np.float32) for tap in taps},
     )

@@ -53,3 +53,25 @@ def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
     markdown = Path(report["markdown"]).read_text()
     assert "| run | loss | training time | epochs | classification accuracy | mAP | R@1 | MAP@R |" in markdown
     assert Path(report["csv"]).read_text().startswith("run,loss,dataset_version,train_seconds,epochs,accuracy,mAP")
+
+    # Index every split with the better run, then search by image file.
+    from components.index import SearchFilter
+    from pipelines.index import run_index
+    from pipelines.search import run_search
+
+    indexed = run_index(config.model_copy(update={"index": config.index.model_copy(update={"num_shards": 2})}),
+                        console, runs=runs, metrics={e.name: e.metrics for e in evaluated})
+    assert indexed["counts"]["vectors"] == sum(json.loads(Path(manifest).read_text())["summary"]["samples_by_split"].values())
+    from components.data.reader import load_split
+    from components.data.versions import open_version
+
+    unseen = load_split(open_version(manifest), C.SPLIT_UNSEEN)
+    chip_path = tmp_path / "query.png"
+    Image.fromarray(unseen.images[0]).save(chip_path)
+    found = run_search(indexed["index"], str(chip_path), None, 5, grid=str(tmp_path / "grid.png"))
+    top = found["results"][0]
+    assert top["key"] == unseen.keys[0] and top["score"] == pytest.approx(1.0, abs=1e-4)   # the chip itself
+    assert Image.open(tmp_path / "grid.png").size[0] > 0
+    other = sorted(set(unseen.classes) - {top["label"]})[0]
+    filtered = run_search(indexed["index"], str(chip_path), None, 3, search_filter=SearchFilter(labels={other}))
+    assert {r["label"] for r in filtered["results"]} == {other}

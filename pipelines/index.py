@@ -1,0 +1,92 @@
+"""The index stage: embed a dataset version with a trained model (Ray Data actor pool) and
+build a sharded FAISS index from a factory string (`conf/index/*.yaml`), shards in parallel.
+
+The index folder holds faiss shards, `index.json` (model run, dataset version, factory,
+per-shard sha256), a Parquet table id → sample key and metadata, and `source.json` (the
+model bundle and dataset manifest URIs) so `chipmatch search` can embed query images.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from components import constants as C
+from components.data.versions import open_version
+from components.index.embedding import embed_split
+from components.storage import Store
+from components.tracking import RunLogger
+from pipelines.config import Config
+from pipelines.ray_session import ensure_ray
+from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
+
+SOURCE_FILE = "source.json"
+GEO_TIME_FIELDS = ("lon", "lat", "time", "scene_id")
+
+
+def choose_run(config: Config, runs: list[TrainedRun], metrics: dict[str, dict] | None = None) -> TrainedRun:
+    """`index.run` by name, else the run with the best unseen mAP (validation mAP if not evaluated)."""
+    if not runs:
+        raise FileNotFoundError("no trained runs for this config and dataset version: run `chipmatch train` first")
+    if config.index.run:
+        by_name = {run.name: run for run in runs}
+        if config.index.run not in by_name:
+            raise ValueError(f"index.run={config.index.run!r} is not a trained run; trained runs: {sorted(by_name)}")
+        return by_name[config.index.run]
+    metrics = metrics or {}
+    return max(runs, key=lambda r: metrics.get(r.name, {}).get(C.METRIC_MAP, r.metrics.get("best_val_mAP", -1.0)))
+
+
+def metadata_table(embedded) -> pd.DataFrame:
+    rows = []
+    for key, meta, shard in zip(embedded.keys, embedded.metas, embedded.shards):
+        extra = meta.get("metadata") or {}
+        row = {"key": key, "label": meta[C.LABEL], "superclass": meta.get(C.SUPERCLASS), "split": meta[C.SPLIT],
+               "role": meta.get(C.ROLE), "shard": shard, "source": extra.get(C.SOURCE)}
+        row.update({name: extra.get(name) for name in GEO_TIME_FIELDS})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name in ("lon", "lat"):
+        table[name] = pd.to_numeric(table[name], errors="coerce")
+    if table["time"].notna().any():
+        table["time"] = pd.to_datetime(table["time"], errors="coerce", utc=True)
+    return table
+
+
+def run_index(config: Config, console: Console, dataset_uri: str | None = None,
+              runs: list[TrainedRun] | None = None, metrics: dict[str, dict] | None = None) -> dict[str, Any]:
+    import ray
+
+    from components.index import build_index
+
+    dataset_uri = dataset_uri or resolve_dataset(config)
+    run = choose_run(config, runs if runs is not None else trained_runs(config, dataset_uri), metrics)
+    ensure_ray(config.ray)
+    settings = config.index
+    use_gpu = settings.use_gpu if settings.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    version = open_version(dataset_uri)
+    console.log(f"[index] embedding splits {settings.splits} with run {run.name!r}")
+    parts = [embed_split(dataset_uri, split, run.model_uri, ("embedding",), settings.batch_size, settings.num_actors, use_gpu)
+             for split in settings.splits if version.shards(split)]
+    vectors = np.concatenate([p.features["embedding"] for p in parts])
+    metadata = pd.concat([metadata_table(p) for p in parts], ignore_index=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.factory).strip("_")
+    run_folder = run.model_uri.rsplit("/model", 1)[0].split("/runs/", 1)[-1]
+    out = Store(config.storage.root).uri_of(f"indexes/{run_folder}/{slug}-{settings.num_shards}")
+    console.log(f"[index] building {settings.factory} with {settings.num_shards} shard(s) over {len(vectors)} vectors")
+    manifest = build_index(
+        vectors, metadata, out, factory=settings.factory, num_shards=settings.num_shards,
+        train_size=settings.train_size, model_run_id=run.run_id, dataset_version=version.version,
+        nprobe=settings.nprobe, ef_search=settings.ef_search,
+        map_shards=lambda build, tasks: ray.get([ray.remote(build).remote(*task) for task in tasks]),
+    )
+    Store(out).write_json(SOURCE_FILE, {"model_uri": run.model_uri, "dataset": dataset_uri, "run": run.name,
+                                         "image": version.manifest["image"]})
+    RunLogger(tracking_uri(config), run.run_id).set_tags({"index_uri": out, "index_factory": settings.factory})
+    return {"stage": "index", "index": out, "run": run.name, "mlflow_run_id": run.run_id,
+            "counts": {"vectors": int(manifest.num_vectors), "shards": len(manifest.shards)},
+            "metrics": {"dim": int(manifest.dim)}, "factory": settings.factory}

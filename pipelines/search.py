@@ -1,0 +1,92 @@
+"""`chipmatch search`: query an index by image file (or embedding), with metadata filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from components import constants as C
+from components.storage import Store
+from pipelines.index import SOURCE_FILE
+
+
+def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(chip as the dataset stores it, its embedding) for an image file."""
+    import torch
+
+    from components.data.decode import decode_image, normalise
+    from components.data.records import Rejection
+    from components.models.transforms import build_eval_transform
+    from components.training.checkpoint import load_bundle, model_from_bundle
+
+    try:
+        with open(path, "rb") as handle:
+            chip = normalise(decode_image(handle.read()), source["image"]["size"], source["image"]["channels"])
+    except OSError as exc:
+        raise FileNotFoundError(f"--image {path!r} cannot be read: {exc.strerror}") from None
+    except Rejection as rejection:
+        raise ValueError(f"--image {path!r} is not a usable chip: {rejection}") from None
+    model = model_from_bundle(load_bundle(source["model_uri"]))
+    batch = chip[None, None] if chip.ndim == 2 else np.moveaxis(chip, -1, 0)[None]
+    with torch.no_grad():
+        embedding = model(build_eval_transform()(torch.from_numpy(batch))).numpy()
+    return chip, embedding
+
+
+def run_search(index_uri: str, image: str | None, embedding: str | None, k: int, search_filter=None,
+               grid: str | None = None, query_label: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    from components.index import IndexSearcher
+
+    if (image is None) == (embedding is None):
+        raise ValueError("give exactly one of --image PATH or --embedding FILE.npy")
+    searcher = IndexSearcher.load(index_uri)
+    source = Store(index_uri).read_json(SOURCE_FILE)
+    chip = None
+    if image is not None:
+        chip, vectors = embed_image(image, source)
+    else:
+        vectors = np.load(embedding).reshape(1, -1)
+    [results] = searcher.search(vectors[:1], k=k, search_filter=search_filter)
+    if console:
+        console.print(render(results, image or embedding))
+    if grid:
+        if chip is None:
+            raise ValueError("--grid needs --image (the query chip is drawn first)")
+        write_grid(chip, results, source["dataset"], grid, query_label)
+    columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
+    return {"stage": "search", "index": index_uri, "results": results[columns].astype(object).where(results[columns].notna(), None).to_dict(orient="records"),
+            "counts": {"results": int(len(results))}, "grid": grid}
+
+
+def render(results, query: str) -> Table:
+    table = Table(title=f"nearest chips to {query}")
+    columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("rank", "score", "lon", "lat") else "left")
+    for _, row in results.iterrows():
+        table.add_row(*[f"{row[c]:.4f}" if c == "score" else ("" if row[c] is None or row[c] != row[c] else str(row[c]))
+                        for c in columns])
+    return table
+
+
+def write_grid(chip: np.ndarray, results, dataset_uri: str, path: str, query_label: str | None = None) -> None:
+    """The query chip, then the retrieved chips (read back from their shards), framed green
+    when they share `query_label` (default: the top result's class) and red otherwise."""
+    from components.data.decode import decode_png
+    from components.data.reader import iter_shard
+    from components.data.versions import open_version
+    from components.evaluation.plots import retrieval_grid
+
+    version = open_version(dataset_uri)
+    wanted = {(row["shard"], row["key"]) for _, row in results.iterrows()}
+    pixels = {}
+    for shard in sorted({shard for shard, _ in wanted}):
+        for raw in iter_shard(version, shard):
+            if (shard, raw["__key__"]) in wanted:
+                pixels[raw["__key__"]] = decode_png(raw[C.WDS_IMAGE])
+    retrieved = np.stack([pixels[key] for key in results["key"]])[None]
+    labels = list(results["label"])
+    retrieval_grid(chip[None], retrieved, [query_label or labels[0]], [labels], path)

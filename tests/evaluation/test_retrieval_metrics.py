@@ -1,0 +1,240 @@
+"""The streaming evaluator against scikit-learn and slow per-query references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from components.constants import DEFAULT_RECALL_KS, METRIC_MAP, METRIC_MAP_AT_R, METRIC_R_PRECISION, recall_at
+from components.evaluation import (
+    NUM_QUERIES,
+    NUM_QUERIES_WITHOUT_RELEVANT,
+    PER_CLASS_AP,
+    PR_PRECISION,
+    PR_RECALL,
+    evaluate_retrieval,
+    retrieval_metrics,
+)
+from components.evaluation import _kernels
+from components.evaluation._kernels import NumpyKernels, TorchKernels
+from tests.evaluation import retrieval_reference as ref
+
+KS = (1, 2, 4, 8)
+KERNELS = pytest.mark.parametrize("backend", ["numpy", "torch"])
+
+
+def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def integer_embeddings(n: int, dim: int, low: int, high: int, seed: int) -> np.ndarray:
+    """Small integer coordinates: every dot product is exact in float32 whatever the summation
+    order, so references can recompute identical scores; a narrow range gives many ties."""
+    return np.random.default_rng(seed).integers(low, high + 1, size=(n, dim)).astype(np.float32)
+
+
+def labels_with_singletons(n: int, classes: int, singletons: int, seed: int) -> np.ndarray:
+    labels = np.random.default_rng(seed).integers(0, classes, n)
+    labels[:singletons] = np.arange(classes, classes + singletons)  # classes with one image
+    return labels
+
+
+@KERNELS
+def test_average_precision_matches_sklearn_per_query_on_tie_free_data(backend):
+    features = unit_vectors(300, 16, seed=0)
+    labels = np.random.default_rng(1).integers(0, 7, 300)
+    # sklearn gets the very scores the evaluator ranks (same matrix product), so any
+    # difference would come from the ranking / AP computation.
+    kernels = TorchKernels() if backend == "torch" else NumpyKernels()
+    if backend == "torch":
+        tensor = torch.from_numpy(features)
+        scores = kernels.matmul_transposed(tensor, tensor).numpy()
+    else:
+        scores = kernels.matmul_transposed(features, features).copy()
+
+    expected = []
+    for q in range(300):
+        keep = np.arange(300) != q
+        relevant = labels[keep] == labels[q]
+        row = scores[q, keep]
+        # Premise of the comparison: sklearn groups tied scores, the evaluator does not.
+        assert np.intersect1d(row[relevant], row[~relevant]).size == 0
+        expected.append(average_precision_score(relevant, row))
+
+    result = evaluate_retrieval(features, labels, normalize=False, backend=backend)
+    np.testing.assert_allclose(result.average_precision, expected, rtol=0, atol=1e-6)
+    assert result.metrics[METRIC_MAP] == pytest.approx(np.mean(expected), abs=1e-6)
+
+
+@KERNELS
+def test_all_metrics_match_brute_force_on_data_with_ties_and_singletons(backend):
+    features = integer_embeddings(260, 3, -2, 2, seed=3)  # heavy ties, zero vectors included
+    labels = labels_with_singletons(260, 12, singletons=5, seed=4)
+    rows = ref.per_query_metrics(features @ features.T, labels, KS)
+
+    result = evaluate_retrieval(features, labels, KS, normalize=False, return_pr_curve=True,
+                                backend=backend)
+    expected = ref.summarise(rows, KS)
+    assert result.metrics.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-12), key
+    assert result.metrics[NUM_QUERIES_WITHOUT_RELEVANT] == 5.0
+    per_query = np.array([np.nan if row is None else row["ap"] for row in rows])
+    np.testing.assert_allclose(result.average_precision, per_query, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.pr_precision, ref.mean_pr_curve(rows), rtol=0, atol=1e-12)
+
+
+def test_recall_at_k_and_map_at_r_against_a_slow_loop():
+    features = integer_embeddings(150, 4, -6, 6, seed=5)
+    labels = np.random.default_rng(6).integers(0, 9, 150)
+    scores = features @ features.T
+    ks = (1, 3, 10, 200)  # 200 > gallery size: every query with a relevant item hits
+    hits = {k: [] for k in ks}
+    map_at_r = []
+    for q in range(150):
+        others = [i for i in range(150) if i != q]
+        ranked = sorted(others, key=lambda i: (-float(scores[q, i]), i))  # the documented rule
+        relevant = [labels[i] == labels[q] for i in ranked]
+        r = sum(relevant)
+        if r == 0:
+            continue
+        for k in ks:
+            hits[k].append(any(relevant[:k]))
+        precision_sum, found = 0.0, 0
+        for position in range(r):
+            if relevant[position]:
+                found += 1
+                precision_sum += found / (position + 1)
+        map_at_r.append(precision_sum / r)
+
+    metrics = retrieval_metrics(features, labels, ks, normalize=False)
+    for k in ks:
+        assert metrics[recall_at(k)] == pytest.approx(np.mean(hits[k]), abs=1e-12)
+    assert metrics[recall_at(200)] == 1.0
+    assert metrics[METRIC_MAP_AT_R] == pytest.approx(np.mean(map_at_r), abs=1e-12)
+
+
+@KERNELS
+def test_chunk_and_block_sizes_do_not_change_results(backend, monkeypatch):
+    features = integer_embeddings(400, 3, -3, 3, seed=7)
+    labels = labels_with_singletons(400, 20, singletons=3, seed=8)
+    baseline = retrieval_metrics(features, labels, normalize=False, backend=backend)
+    # Tiny CPU blocks: many blocks per chunk, processed on two threads.
+    monkeypatch.setattr(_kernels, "CPU_BLOCK_ELEMENTS", 1500)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for chunk_size in (1, 7, 64, 399, 10_000):
+        again = retrieval_metrics(features, labels, normalize=False, chunk_size=chunk_size,
+                                  backend=backend)
+        assert again == baseline, chunk_size
+
+
+@KERNELS
+def test_query_and_gallery_masks(backend):
+    features = integer_embeddings(300, 3, -3, 3, seed=9)
+    labels = np.random.default_rng(10).integers(0, 10, 300)
+    rng = np.random.default_rng(11)
+    overlapping = (rng.random(300) < 0.5, rng.random(300) < 0.7)   # items in both never see themselves
+    query_only = np.arange(300) < 100
+    disjoint = (query_only, ~query_only)
+    for query_mask, gallery_mask in (overlapping, disjoint):
+        rows = ref.per_query_metrics(features @ features.T, labels, KS, query_mask, gallery_mask)
+        got = retrieval_metrics(features, labels, KS, query_mask=query_mask, gallery_mask=gallery_mask,
+                                normalize=False, backend=backend)
+        expected = ref.summarise(rows, KS)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_only_a_query_mask_uses_every_item_as_gallery():
+    features = integer_embeddings(120, 3, -3, 3, seed=12)
+    labels = np.random.default_rng(13).integers(0, 6, 120)
+    query_mask = np.arange(120) % 3 == 0
+    got = retrieval_metrics(features, labels, KS, query_mask=query_mask, normalize=False)
+    expected = ref.summarise(ref.per_query_metrics(features @ features.T, labels, KS, query_mask, None), KS)
+    assert got[METRIC_MAP] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert got[NUM_QUERIES] == 40.0
+
+
+def test_torch_and_numpy_inputs_and_label_types_agree():
+    features = unit_vectors(200, 8, seed=14)
+    labels = np.random.default_rng(15).integers(0, 5, 200)
+    from_numpy = retrieval_metrics(features, labels)
+    from_torch = retrieval_metrics(torch.from_numpy(features), torch.from_numpy(labels))
+    names = np.array([f"class-{label}" for label in labels])
+    from_strings = retrieval_metrics(features.astype(np.float64), names)
+    assert from_numpy == from_torch == from_strings
+
+
+def test_normalisation_makes_results_scale_invariant():
+    features = unit_vectors(200, 8, seed=16)
+    labels = np.random.default_rng(17).integers(0, 5, 200)
+    scales = np.random.default_rng(18).uniform(0.25, 4.0, (200, 1)).astype(np.float32)
+    normalised = retrieval_metrics(features, labels)
+    rescaled = retrieval_metrics(features * scales, labels)  # normalize=True is the default
+    for key, value in normalised.items():
+        assert rescaled[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_default_metric_names_and_extra_outputs():
+    features = unit_vectors(150, 8, seed=19)
+    labels = np.array(["car", "truck", "bus"])[np.random.default_rng(20).integers(0, 3, 150)]
+    metrics = retrieval_metrics(features, labels, return_per_class=True, return_pr_curve=True)
+    for name in (METRIC_MAP, METRIC_MAP_AT_R, METRIC_R_PRECISION, *map(recall_at, DEFAULT_RECALL_KS)):
+        assert isinstance(metrics[name], float) and 0.0 <= metrics[name] <= 1.0
+    per_class = metrics[PER_CLASS_AP]
+    assert set(per_class) == {"car", "truck", "bus"} and all(isinstance(k, str) for k in per_class)
+    recall, precision = metrics[PR_RECALL], metrics[PR_PRECISION]
+    assert recall.shape == precision.shape == (101,)
+    assert recall[0] == 0.0 and recall[-1] == 1.0
+    assert np.all(np.diff(precision) <= 1e-12)  # interpolated precision never increases
+    plain = retrieval_metrics(features, labels)
+    assert all(isinstance(value, float) for value in plain.values())
+
+
+def test_no_query_with_a_relevant_item_gives_nan_metrics_and_counts():
+    features = unit_vectors(5, 4, seed=21)
+    metrics = retrieval_metrics(features, [0, 1, 2, 3, 4])
+    assert np.isnan(metrics[METRIC_MAP])
+    assert metrics[NUM_QUERIES] == 0.0 and metrics[NUM_QUERIES_WITHOUT_RELEVANT] == 5.0
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda f, l: retrieval_metrics(f[0], l), ValueError, "embeddings must be 2-d"),
+        (lambda f, l: retrieval_metrics(f, l[:-1]), ValueError, "labels has 9 entries"),
+        (lambda f, l: retrieval_metrics(np.full((10, 4), np.nan), l), ValueError, "NaN"),
+        (lambda f, l: retrieval_metrics("x", l), TypeError, "embeddings must be"),
+        (lambda f, l: retrieval_metrics(f, l, ks=(0, 1)), ValueError, "ks must be positive"),
+        (lambda f, l: retrieval_metrics(f, l, query_mask=np.ones(10)), TypeError, "query_mask must have dtype bool"),
+        (lambda f, l: retrieval_metrics(f, l, gallery_mask=np.zeros(10, bool)), ValueError, "gallery_mask selects no item"),
+        (lambda f, l: retrieval_metrics(f, l, chunk_size=0), ValueError, "chunk_size"),
+        (lambda f, l: retrieval_metrics(f, l, device="tpu"), ValueError, "device"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, error, message):
+    features = unit_vectors(10, 4, seed=22)
+    labels = np.arange(10) % 3
+    with pytest.raises(error, match=message):
+        call(features, labels)
+
+
+def test_requesting_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        retrieval_metrics(unit_vectors(10, 4, seed=23), np.arange(10) % 2, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_results_equal_cpu_results_on_exact_data():
+    features = integer_embeddings(500, 3, -3, 3, seed=24)
+    labels = labels_with_singletons(500, 15, singletons=4, seed=25)
+    cpu = retrieval_metrics(features, labels, normalize=False, return_pr_curve=True)
+    gpu = retrieval_metrics(torch.from_numpy(features).cuda(), labels, normalize=False, return_pr_curve=True)
+    for key in cpu:
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=0, atol=1e-12, err_msg=key)
