@@ -89,6 +89,10 @@ STAGES: dict[str, tuple[Callable, str]] = {
 }
 
 
+# Stages that write under storage.root (checked before any work starts).
+WRITING_STAGES = ("ingest", "train", "tune", "evaluate", "index", "compare", "run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chipmatch", description="Fine-grained retrieval of overhead imagery on Ray.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         config = load_config(args.config, args.overrides)
+        if args.command in WRITING_STAGES:
+            from components.storage import Store
+
+            Store(config.storage.root).check_writable()
         handler, _ = STAGES[args.command]
         result = handler(config, console, args)
     except (ConfigError, ValueError, FileNotFoundError, TypeError) as exc:

@@ -58,6 +58,16 @@ class Store:
         base = self.uri.rstrip("/")
         return f"{base}/{relative}" if relative else base
 
+    def check_writable(self) -> None:
+        """Fail fast, naming the root, when outputs cannot be written there."""
+        probe = f".chipmatch-write-check-{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.delete(probe)
+        except Exception as exc:  # noqa: BLE001 - any filesystem error means the same to the user
+            raise ValueError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
+                             "writable local path or a reachable s3://, gs:// URI") from None
+
     # -- queries ------------------------------------------------------------------------
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound

@@ -35,3 +35,9 @@ def test_config_errors_exit_2_naming_the_key(tmp_path):
     assert "error" in json.loads(result.stdout.strip().splitlines()[-1])
     missing = chipmatch("ingest", "data.source=folder", f"data.root={tmp_path / 'nowhere'}")
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_unwritable_storage_fails_fast_naming_it():
+    result = chipmatch("ingest", "storage.root=/proc/chipmatch-cannot-write-here")
+    assert result.returncode == 2
+    assert "storage.root" in result.stderr and "/proc/chipmatch-cannot-write-here" in result.stderr
