@@ -23,7 +23,10 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo ">> installing torch (CPU build) first"
-"${PIP[@]}" install -q -c "$CONSTRAINTS" "torch==2.13.0"
+# TORCH_INDEX_URL (e.g. PyTorch's CPU or CUDA wheel index) for machines without a local wheel.
+TORCH_INDEX=()
+[ -n "${TORCH_INDEX_URL:-}" ] && TORCH_INDEX=(--extra-index-url "$TORCH_INDEX_URL")
+"${PIP[@]}" install -q "${TORCH_INDEX[@]}" -c "$CONSTRAINTS" "torch==2.13.0"
 echo ">> installing chipmatch and its dependencies (pinned by $CONSTRAINTS)"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -e .
 
