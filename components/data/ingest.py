@@ -144,10 +144,8 @@ def previous_class_split(store: Store, dataset: str, spec: SplitSpec) -> tuple[s
 
 # --- step 3: write shards (runs in Ray workers) ------------------------------------------
 
-def write_shard_group(group: dict[str, np.ndarray], root_uri: str, fault: str | None = None) -> dict[str, list]:
-    """Ray Data `map_groups` UDF: write one shard atomically, return its record."""
-    name = str(group["shard"][0])
-    samples = [(str(k), bytes(p), bytes(m)) for k, p, m in zip(group["key"], group["png"], group["meta"])]
+def write_shard(name: str, samples: list[tuple[str, bytes, bytes]], root_uri: str, fault: str | None = None) -> dict:
+    """Ray task: write one shard atomically, return its record."""
     data = encode_shard(samples)
     store = Store(root_uri)
     if fault == "mid_shard_write":
@@ -157,7 +155,7 @@ def write_shard_group(group: dict[str, np.ndarray], root_uri: str, fault: str | 
             stream.write(data[: len(data) // 2])
         raise RuntimeError(f"injected fault ({FAULT_ENV}=mid_shard_write) while writing {name}")
     store.write_bytes(name, data)
-    return {"shard": [name], "sha256": [sha256_bytes(data)], "bytes": [len(data)], "count": [len(samples)]}
+    return {"name": name, "sha256": sha256_bytes(data), "bytes": len(data), "count": len(samples)}
 
 
 def known_shard_records(store: Store, dataset: str) -> dict[str, dict]:
@@ -199,8 +197,11 @@ def ingest(
     log(f"{len(items)} inputs listed; loading, validating and normalising with Ray Data")
 
     source_json = json.dumps(source.config.model_dump(mode="json"), sort_keys=True)
-    processed = ray.data.from_items([item.to_row() for item in items]).map_batches(
-        load_and_normalise, batch_size=256, batch_format="numpy",
+    # Blocks of ~500 inputs: enough tasks to keep every CPU busy, few enough that Ray's
+    # per-task overhead stays small next to the decoding (from_items defaults to 200 blocks).
+    blocks = max(1, min(len(items) // 500, 4096), int(ray.cluster_resources().get("CPU", 1)))
+    processed = ray.data.from_items([item.to_row() for item in items], override_num_blocks=blocks).map_batches(
+        load_and_normalise, batch_size=None, batch_format="numpy",
         fn_kwargs={"source_json": source_json, "size": image.size, "channels": image.channels},
     ).materialize()
     rows = processed.drop_columns(["png"]).take_all()
@@ -276,23 +277,31 @@ def ingest(
 
 
 def _write_shards(processed, plans: list[ShardPlan], metas: dict[str, bytes], root_uri: str) -> dict[str, dict]:
+    """Stream the normalised chips once and hand each shard to a Ray task as soon as it is full.
+
+    Only the chips of shards still being filled are held on the driver, and no shuffle is
+    needed (a Ray Data groupby by shard cost more than the whole decode step on small sets).
+    """
+    import ray
+
     # Read on the driver and passed along: Ray workers may not share the driver's environment.
     fault = os.environ.get(FAULT_ENV)
+    write = ray.remote(max_retries=0)(write_shard)
     shard_of = {key: plan.name for plan in plans for key in plan.keys}
-
-    def attach(batch: dict[str, np.ndarray]) -> dict[str, list]:
-        keep = [i for i, key in enumerate(batch["key"]) if key in shard_of]
-        keys = [batch["key"][i] for i in keep]
-        return {"key": keys, "png": [batch["png"][i] for i in keep],
-                "shard": [shard_of[k] for k in keys], "meta": [metas[k] for k in keys]}
-
-    records = (
-        processed.map_batches(attach, batch_format="numpy")
-        .groupby("shard", num_partitions=max(1, min(len(plans), 32)))
-        .map_groups(write_shard_group, batch_format="numpy", fn_kwargs={"root_uri": root_uri, "fault": fault})
-        .take_all()
-    )
-    return {r["shard"]: {"sha256": r["sha256"], "bytes": int(r["bytes"]), "count": int(r["count"])} for r in records}
+    expected = {plan.name: len(plan.keys) for plan in plans}
+    filling: dict[str, list] = defaultdict(list)
+    pending = []
+    for batch in processed.iter_batches(batch_format="numpy", batch_size=1024):
+        for key, png in zip(batch["key"], batch["png"]):
+            name = shard_of.get(str(key))
+            if name is None:
+                continue
+            filling[name].append((str(key), bytes(png), metas[str(key)]))
+            if len(filling[name]) == expected[name]:
+                pending.append(write.remote(name, filling.pop(name), root_uri, fault))
+    if filling:
+        raise RuntimeError(f"shards left incomplete after reading every sample: {sorted(filling)[:5]}")
+    return {record.pop("name"): record for record in ray.get(pending)}
 
 
 def _shard_record(plan: ShardPlan, written: dict, known: dict, store: Store) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import webdataset as wds
-
 from components import constants as C
 from components.storage import canonical_json, sha256_bytes, sha256_json
 
@@ -70,6 +68,8 @@ def sample_metadata_bytes(metadata: dict) -> bytes:
 
 def encode_shard(samples: list[tuple[str, bytes, bytes]]) -> bytes:
     """Tar bytes of `(key, png_bytes, json_bytes)` samples, written in key order."""
+    import webdataset as wds  # here, not at import: it pulls in torch, which decode workers never need
+
     buffer = io.BytesIO()
     with wds.TarWriter(buffer, mtime=TAR_MTIME, encoder=False) as writer:
         for key, image, meta in sorted(samples, key=lambda sample: sample[0]):
