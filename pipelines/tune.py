@@ -16,6 +16,11 @@ The training loop itself stays unaware of Tune (`ray.train.report` raises in a T
 so calling the loop in-trial would need a second reporting path). The trial function
 reserves only `TRIAL_DRIVER_CPU`; its workers reserve `resources_per_trial`.
 
+Two details of stopping: ASHA never stops a trial on its own last epoch (`_asha`), so a
+finished trial closes its MLflow run and logs its model itself; and the placement group of a
+stopped trial's workers, which outlives its dead controller, is removed by the driver
+(`reap_orphaned_worker_groups`) when Ray Train's own cleaner cannot do it.
+
 MLflow: the driver creates the tracking store, the experiment and a parent run before any
 trial starts (two processes creating an sqlite store at once can fail); each trial creates a
 child run (`mlflow.parentRunId`) that rank 0 fills with per-epoch metrics as in training.
@@ -30,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,11 +50,14 @@ from components import constants as C
 from components.storage import Store, sha256_json
 from pipelines.config import CONF_DIR, Config, ConfigError, SweepConfig, apply_value, validate
 
+logger = logging.getLogger(__name__)
+
 SWEEPS_DIR = "tune"
 BEST_FILE = "best.yaml"
 RESULT_FILE = "result.json"
 TRIAL_DRIVER_CPU = 0.01       # the trial function only waits on its trainer (0 is rejected by Tune)
 TIME_ATTR = "epoch"           # ASHA's clock: the epoch the loop reports (robust to worker restarts)
+REAP_WINDOW_S, REAP_INTERVAL_S = 30.0, 2.0   # look for a stopped trial's worker group this long, this often
 NOT_TUNABLE = {"train": {"dataset"}}   # a sweep runs on one dataset version
 
 
@@ -201,6 +211,7 @@ def run_tune(config: Config, console: Console, dataset_uri: str | None = None) -
     try:
         with contextlib.redirect_stdout(sys.stderr):   # Tune prints a banner; stdout is for --json
             grid = _tuner(sweep, base_config, context, store.uri_of(folder), console).fit()
+        _free_stopped_trials()
         trials = _outcomes(grid, sweep, base_config)
         _close_child_runs(tracking, experiment_id, parent.run_id, trials)
         ranked = rank_trials(trials, sweep.mode)
@@ -219,7 +230,7 @@ def run_tune(config: Config, console: Console, dataset_uri: str | None = None) -
         parent.set_tags({"best_trial": best.trial_id, "best_run_id": best.run_id or "", "best_config": result.best_config_uri})
         parent.log_dict(best_raw, BEST_FILE)
         parent.log_dict({"trials": [asdict(t) for t in ranked]}, "trials.json")
-    except Exception:
+    except BaseException:   # also Ctrl-C: the parent run never stays RUNNING
         parent.terminate("FAILED")
         raise
     parent.terminate("FINISHED")
@@ -378,28 +389,85 @@ def _progress_callback(console: Console, metric: str):
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per trial epoch and per finished trial (Tune's own reporter is off)."""
+        """One line per trial epoch and per ended trial (Tune's own reporter is off); after a
+        trial ends, frees the worker group of a trainer it left behind (see reap_orphaned_worker_groups)."""
 
-        def __init__(self, console: Console, metric: str):
+        def __init__(self, console: Console | None, metric: str):
             self.console, self.metric = console, metric
+            self.reap_until, self.last_reap = 0.0, 0.0
 
         def __getstate__(self):   # Tune pickles its run config; a console does not pickle
-            return {"console": None, "metric": self.metric}
+            return {"console": None, "metric": self.metric, "reap_until": 0.0, "last_reap": 0.0}
+
+        def log(self, text: str) -> None:
+            if self.console:
+                self.console.log(text)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if self.console:
-                self.console.log(f"[tune] {trial.trial_id} epoch {result.get(TIME_ATTR)}: {self.metric}="
-                                 f"{_fmt(result.get(self.metric))} train_loss={_fmt(result.get('train_loss'))}")
+            self.log(f"[tune] {trial.trial_id} epoch {result.get(TIME_ATTR)}: {self.metric}="
+                     f"{_fmt(result.get(self.metric))} train_loss={_fmt(result.get('train_loss'))}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if self.console:
-                self.console.log(f"[tune] {trial.trial_id} ended")
+            self.log(f"[tune] {trial.trial_id} ended")
+            self.reap_until = time.monotonic() + REAP_WINDOW_S
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            if self.console:
-                self.console.log(f"[tune] [red]{trial.trial_id} failed[/]")
+            self.log(f"[tune] [red]{trial.trial_id} failed[/]")
+            self.reap_until = time.monotonic() + REAP_WINDOW_S
+
+        def on_step_end(self, iteration, trials, **info):
+            now = time.monotonic()
+            if now < self.reap_until and now - self.last_reap >= REAP_INTERVAL_S:
+                self.last_reap = now
+                for group in reap_orphaned_worker_groups():
+                    self.log(f"[tune] freed the worker group {group[:12]} of a stopped trial")
 
     return Progress(console, metric)
+
+
+def reap_orphaned_worker_groups() -> list[str]:
+    """Remove placement groups of Train worker groups whose controller died; returns their ids.
+
+    ASHA stops a trial by ending its actor, which takes the trial's Train controller and
+    workers with it, but not the workers' placement group: that lives as long as the job,
+    and Ray Train's own detached PlacementGroupCleaner, which should remove it, finds the
+    cluster by auto-detection and gives up when several Ray instances run on one host. Left
+    alone, every stopped trial would keep its CPUs/GPUs for the rest of the sweep. A group is
+    removed only when it belongs to this job, is still CREATED and holds no live actor, and a
+    RayTrainWorker in it died because its owner (the controller) died: a dead controller can
+    never use it again, and a live one restarting its workers is never touched.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_actors, list_placement_groups
+
+    context = ray.get_runtime_context()
+    try:
+        actors = list_actors(address=context.gcs_address, filters=[("job_id", "=", context.get_job_id())],
+                             detail=True, limit=10_000, raise_on_missing_output=False)
+        created = {g.placement_group_id for g in list_placement_groups(
+            address=context.gcs_address, filters=[("state", "=", "CREATED")], limit=10_000,
+            raise_on_missing_output=False)}
+    except Exception as exc:  # noqa: BLE001 - no dashboard / state API: Ray's cleaner is the only one then
+        logger.warning("cannot list actors to free stopped trials' worker groups: %s", exc)
+        return []
+    live_groups = {a.placement_group_id for a in actors if a.state != "DEAD"}
+    orphaned = {a.placement_group_id for a in actors
+                if a.class_name.rsplit(".", 1)[-1] == "RayTrainWorker" and a.state == "DEAD" and a.placement_group_id in created
+                and a.placement_group_id not in live_groups and _owner_died(a.death_cause)}
+    removed = []
+    for group in sorted(orphaned):
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
+            removed.append(group)
+        except Exception:  # noqa: BLE001 - removed meanwhile (by Ray's cleaner)
+            pass
+    return removed
+
+
+def _owner_died(death_cause: dict | None) -> bool:
+    context = (death_cause or {}).get("actor_died_error_context") or {}
+    return context.get("reason") == "OWNER_DIED" or "owner has died" in str(context.get("error_message", ""))
 
 
 def _outcomes(grid, sweep: SweepConfig, base: Config) -> list[TrialOutcome]:
@@ -408,7 +476,7 @@ def _outcomes(grid, sweep: SweepConfig, base: Config) -> list[TrialOutcome]:
         history = result.metrics_dataframe
         last = {k: v for k, v in (result.metrics or {}).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        trial_id = (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1]
+        trial_id = (result.metrics or {}).get("trial_id") or (result.path or "?").rstrip("/").rsplit("/", 1)[-1]
         params = {k: result.config[k] for k in sweep.space if k in result.config}
         values = [] if history is None or sweep.metric not in history else \
             [float(v) for v in history[sweep.metric] if v is not None and not math.isnan(float(v))]
@@ -419,6 +487,30 @@ def _outcomes(grid, sweep: SweepConfig, base: Config) -> list[TrialOutcome]:
         trials.append(TrialOutcome(trial_id, params, status, epochs, value, last,
                                    error=str(result.error).splitlines()[0][:300] if result.error else None))
     return trials
+
+
+def _free_stopped_trials(wait_s: float = 10.0) -> None:
+    """After the sweep: the last stopped trials' worker groups may outlive it by a moment."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        reap_orphaned_worker_groups()
+        if time.monotonic() >= deadline or not _dead_trainers_pending():
+            return
+        time.sleep(1.0)
+
+
+def _dead_trainers_pending() -> bool:
+    """Whether a Train worker of this job is still alive (a trial's trainer being torn down)."""
+    import ray
+    from ray.util.state import list_actors
+
+    context = ray.get_runtime_context()
+    try:
+        return bool(list_actors(address=context.gcs_address, limit=10_000, raise_on_missing_output=False,
+                                filters=[("job_id", "=", context.get_job_id()), ("class_name", "=", "RayTrainWorker"),
+                                         ("state", "!=", "DEAD")]))
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _close_child_runs(tracking: str, experiment_id: str, parent_run_id: str, trials: list[TrialOutcome]) -> None:

@@ -11,8 +11,11 @@ Dy the Euclidean distance of the labels, and ``eps`` is added to each distance i
 so equal labels or coinciding embeddings stay finite. The loss depends only on distance
 ratios, so it is invariant to the scale of the embeddings and of the labels.
 
-Vectorised: with ℓ_ai = log(D_ai + ε) - log(Dy_ai + ε), the term is (ℓ_ai - ℓ_aj)², one
-[B, B, B] broadcast.
+Computed in O(B²), not as a [B, B, B] broadcast: with ℓ_ai = log(D_ai + ε) - log(Dy_ai + ε)
+the term is (ℓ_ai - ℓ_aj)², and for each anchor a, over its n = B-1 others with mean m_a,
+Σ_{i,j≠a} (ℓ_ai - ℓ_aj)² = 2n Σ_{i≠a} (ℓ_ai - m_a)² (the i = j terms are 0). Centring first
+(a two-pass variance) keeps it free of cancellation. The broadcast and the [B, B, D]
+differences of the distances cost about 1 s per step at B = D = 256 on one CPU core.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from .base import CONTINUOUS_LABELS, MetricLoss, check_positive_float, zero_loss
 
 def pairwise_squared_distances(x: torch.Tensor) -> torch.Tensor:
     # Explicit differences rather than ‖a‖² + ‖b‖² - 2ab: the expansion loses the small
-    # distances to cancellation, and the log makes small distances matter.
-    return (x.unsqueeze(1) - x.unsqueeze(0)).pow(2).sum(dim=2)
+    # distances to cancellation, and the log makes small distances matter. cdist's
+    # non-matmul mode sums the squared differences without materialising [B, B, D].
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
 
 
 class LogRatioLoss(MetricLoss):
@@ -44,7 +48,9 @@ class LogRatioLoss(MetricLoss):
         label_distance = pairwise_squared_distances(attributes).clamp(min=0).sqrt()
         label_log = torch.log(label_distance + self.eps)
         residual = embedding_log - label_log                                   # ℓ[a, i]
-        difference = residual.unsqueeze(2) - residual.unsqueeze(1)             # ℓ_ai - ℓ_aj
-        eye = torch.eye(batch_size, dtype=torch.bool, device=embeddings.device)
-        distinct = ~eye.unsqueeze(2) & ~eye.unsqueeze(1) & ~eye.unsqueeze(0)  # i≠a, j≠a, i≠j
-        return (difference.pow(2) * distinct).sum() / distinct.sum()
+        others = ~torch.eye(batch_size, dtype=torch.bool, device=embeddings.device)  # i ≠ a
+        num_others = batch_size - 1
+        mean = (residual * others).sum(dim=1, keepdim=True) / num_others             # m_a
+        centred = (residual - mean) * others
+        total = 2 * num_others * centred.pow(2).sum()       # Σ_a Σ_{i≠j, both ≠ a} (ℓ_ai - ℓ_aj)²
+        return total / (batch_size * num_others * (batch_size - 2))

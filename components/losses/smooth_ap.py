@@ -16,7 +16,10 @@ and the loss is ``1 - mean_q AP_q`` over the samples that have at least one posi
 τ → 0 (and without ties) AP_q is the exact average precision of q's ranking. The query is
 not one of its own positives (the authors' code and pml count it, which adds a free
 precision of 1 to every AP).
-Cost: a [B, B, B] tensor (B = 256: 16.8 M entries).
+Cost: only the (q, i) pairs with i ∈ P_q need a rank (the precision of any other pair is
+multiplied by 0), so the sigmoid tensor is [number of positive pairs, B]: 768 × 256 for a
+64×4 batch, where the plain [q, i, j] broadcast is 256³ = 16.8 M entries (and several copies
+of it kept for backward: about 0.5 s per step on one CPU core, 40× the pair form).
 """
 
 from __future__ import annotations
@@ -42,14 +45,16 @@ class SmoothAPLoss(MetricLoss):
         if not has_positive.any():
             return zero_loss(embeddings)
 
-        # difference[q, i, j] = s_qj - s_qi: how far j ranks above i for query q.
-        difference = similarity.unsqueeze(1) - similarity.unsqueeze(2)
-        counted = (~eye).unsqueeze(1) & (~eye).unsqueeze(0)                           # j ≠ q, j ≠ i
+        # One row per positive pair (q, i); column j: how far j ranks above i for query q.
+        query, item = torch.nonzero(positive, as_tuple=True)                         # [M], [M]
+        difference = similarity[query] - similarity[query, item].unsqueeze(1)         # [M, j]
+        columns = torch.arange(batch_size, device=labels.device)
+        counted = (columns != query.unsqueeze(1)) & (columns != item.unsqueeze(1))   # j ≠ q, j ≠ i
         # (j ≠ q: the query is not in its own ranking; j ≠ i: the "1 +" term is i itself.)
         smoothed = torch.sigmoid(difference / self.tau) * counted
-        rank_all = 1.0 + smoothed.sum(dim=2)                                          # [q, i]
-        rank_positive = 1.0 + (smoothed * positive.unsqueeze(1)).sum(dim=2)           # [q, i]
-        precision_at_i = (rank_positive / rank_all) * positive                        # 0 off P_q
+        rank_all = 1.0 + smoothed.sum(dim=1)                                          # [M]
+        rank_positive = 1.0 + (smoothed * positive[query]).sum(dim=1)                 # [M]
+        precision_sum = similarity.new_zeros(batch_size).index_add(0, query, rank_positive / rank_all)
         num_positives = positive.sum(dim=1)
-        ap = precision_at_i.sum(dim=1)[has_positive] / num_positives[has_positive]
+        ap = precision_sum[has_positive] / num_positives[has_positive]
         return 1.0 - ap.mean()

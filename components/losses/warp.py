@@ -7,13 +7,21 @@ draws, the rank of y is estimated as ``r = floor((C-1)/N)`` and the sample's los
 violate (within ``max_trials`` draws, by default C-1) contributes 0. The batch loss is the
 mean over samples.
 
-The textbook form is a per-sample loop of draws. Here every draw of the batch is made up
-front as a [B, max_trials] matrix, and the first violating column of each row is found with
-an argmax over a boolean mask: one kernel per step on the device, no Python loop and no host
-sync. It costs more draws than the loop (the loop stops at the first violation), but the
-draws are cheap next to the scores, which are computed for all classes anyway.
+The textbook form is a per-sample loop of draws. Here the draws of the whole batch are
+scanned a block of columns at a time, under no_grad, and the first violating column of each
+row is found with an argmax over a boolean mask; only the rows that have not violated yet go
+on to the next, larger block, and the scan stops once none is left. Rows in which no class
+violates the margin at all (checked once on the [B, C] scores) can never find a violation and
+are not scanned past the first block: they contribute 0, exactly as after max_trials
+fruitless draws. The gradient then flows through two gathers per row (true class and chosen
+negative), not through the [B, T] drawn scores.
 :func:`components.losses.reference.warp_loss_loop` is the per-sample loop over the same
 draws; the two agree exactly.
+
+Why blocks: drawing and scanning all C-1 columns up front costs O(B·C) per step although
+most rows stop after a few draws (at C = 1000 that made the loss 1.8× slower than the blocks
+on one CPU core; see bench/bench_losses.py). The blocks grow ×4 from 32 columns, so a row
+needs at most ~log4(C/32)+1 of them; every block after the first costs one host sync.
 """
 
 from __future__ import annotations
@@ -46,6 +54,66 @@ def draw_negative_classes(
     return offsets + (offsets >= labels.unsqueeze(1)).long()
 
 
+#: Columns of draws scanned in the first block, and the growth of later blocks. The first
+#: block is drawn for every row, so with max_trials <= FIRST_BLOCK the module draws exactly
+#: ``draw_negative_classes(labels, C, max_trials, generator)`` (one call, as before).
+FIRST_BLOCK, BLOCK_GROWTH = 32, 4
+
+
+def first_violations(scores, labels, margin, max_trials, draw_block):
+    """Search each row's draws for the first violation ``s_neg > s_y - margin``, no_grad.
+
+    ``draw_block(rows, start, stop)`` gives the draws [len(rows), stop-start] of columns
+    start..stop-1 for ``rows`` (None: every row). Returns (found [B] bool, number of draws up
+    to and including the violating one [B], the violating class [B]).
+    """
+    with torch.no_grad():
+        threshold = scores.gather(1, labels.unsqueeze(1)) - margin                # [B, 1]
+        # First block, every row at once: most rows stop here (a few fixed-size kernels,
+        # no boolean indexing, no host sync).
+        start = min(FIRST_BLOCK, max_trials)
+        block = draw_block(None, 0, start)                                        # [B, w]
+        hits = scores.gather(1, block) > threshold
+        # argmax returns the first maximal index: the first violating draw of each row.
+        first = hits.to(torch.uint8).argmax(dim=1, keepdim=True)                  # [B, 1]
+        found = hits.gather(1, first).squeeze(1)
+        num_draws = first.squeeze(1) + 1
+        negative = block.gather(1, first).squeeze(1)
+        if start >= max_trials:
+            return found, num_draws, negative
+        # Later blocks only for the rows still searching that *can* violate: a row in which no
+        # negative class violates would scan all max_trials draws in vain (and adds 0).
+        violators = (scores > threshold).scatter(1, labels.unsqueeze(1), False)
+        rows = torch.nonzero(~found & violators.any(dim=1)).squeeze(1)           # one host sync
+        width = start * BLOCK_GROWTH
+        while len(rows) and start < max_trials:
+            stop = min(start + width, max_trials)
+            block = draw_block(rows, start, stop)                                 # [R, w]
+            hits = scores[rows.unsqueeze(1), block] > threshold[rows]
+            first = hits.to(torch.uint8).argmax(dim=1, keepdim=True)
+            hit = hits.gather(1, first).squeeze(1)
+            done = rows[hit]
+            found[done] = True
+            num_draws[done] = start + first.squeeze(1)[hit] + 1
+            negative[done] = block.gather(1, first).squeeze(1)[hit]
+            rows = rows[~hit]
+            start, width = stop, width * BLOCK_GROWTH
+    return found, num_draws, negative
+
+
+def warp_loss_given_violations(scores, labels, found, num_draws, negative, margin, harmonic=None):
+    """The batch loss once each row's first violation is known (differentiable in scores)."""
+    num_classes = scores.shape[1]
+    if harmonic is None:
+        harmonic = harmonic_weights(num_classes - 1, device=scores.device)
+    # More draws than C-1 (max_trials > C-1) estimates rank 0, and L(0) = 0.
+    rank = torch.div(num_classes - 1, num_draws, rounding_mode="floor")
+    rank_weight = harmonic.to(device=scores.device, dtype=scores.dtype)[rank]
+    hinge = (margin - scores.gather(1, labels.unsqueeze(1)) + scores.gather(1, negative.unsqueeze(1))).squeeze(1)
+    per_sample = torch.where(found, rank_weight * hinge, torch.zeros_like(hinge))
+    return per_sample.mean()
+
+
 def warp_loss_from_draws(
     scores: torch.Tensor,
     labels: torch.Tensor,
@@ -54,22 +122,11 @@ def warp_loss_from_draws(
     harmonic: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """WARP loss of a batch given its scores [B, C] and its negative draws [B, T]."""
-    num_classes = scores.shape[1]
-    if harmonic is None:
-        harmonic = harmonic_weights(num_classes - 1, device=scores.device)
-    true_scores = scores.gather(1, labels.unsqueeze(1))                  # [B, 1]
-    drawn_scores = scores.gather(1, negatives)                           # [B, T]
-    violates = drawn_scores > true_scores - margin                       # [B, T]
-    # argmax returns the first maximal index: the first violating draw of each row.
-    first = violates.to(torch.uint8).argmax(dim=1, keepdim=True)         # [B, 1]
-    any_violation = violates.any(dim=1)                                  # [B]
-    num_draws = first.squeeze(1) + 1
-    # More draws than C-1 (max_trials > C-1) estimates rank 0, and L(0) = 0.
-    rank = torch.div(num_classes - 1, num_draws, rounding_mode="floor")
-    rank_weight = harmonic.to(device=scores.device, dtype=scores.dtype)[rank]
-    hinge = margin - true_scores.squeeze(1) + drawn_scores.gather(1, first).squeeze(1)
-    per_sample = torch.where(any_violation, rank_weight * hinge, torch.zeros_like(hinge))
-    return per_sample.mean()
+    def draw_block(rows, start, stop):
+        return negatives[:, start:stop] if rows is None else negatives[rows, start:stop]
+
+    found, num_draws, negative = first_violations(scores, labels, margin, negatives.shape[1], draw_block)
+    return warp_loss_given_violations(scores, labels, found, num_draws, negative, margin, harmonic)
 
 
 class WarpLoss(ClassifierLoss):
@@ -115,12 +172,18 @@ class WarpLoss(ClassifierLoss):
             self.generator.manual_seed(self.seed if self.seed is not None else 0)
         return self.generator
 
-    def draw_negatives(self, labels: torch.Tensor) -> torch.Tensor:
+    def draw_negatives(self, labels: torch.Tensor, num_draws: int | None = None) -> torch.Tensor:
         return draw_negative_classes(
-            labels, self.num_classes, self.max_trials, self.generator_for(labels.device)
+            labels, self.num_classes, num_draws or self.max_trials, self.generator_for(labels.device)
         )
 
     def compute_loss(self, embeddings, labels):
         scores = self.classifier(embeddings)
-        negatives = self.draw_negatives(labels)
-        return warp_loss_from_draws(scores, labels, negatives, self.margin, self.harmonic)
+
+        # Negatives are drawn lazily, block by block, only for the rows still searching (the
+        # draws stay i.i.d. uniform over the C-1 negatives, so the estimator is unchanged).
+        def draw_block(rows, start, stop):
+            return self.draw_negatives(labels if rows is None else labels[rows], stop - start)
+
+        found, num_draws, negative = first_violations(scores, labels, self.margin, self.max_trials, draw_block)
+        return warp_loss_given_violations(scores, labels, found, num_draws, negative, self.margin, self.harmonic)

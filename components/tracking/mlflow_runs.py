@@ -109,12 +109,23 @@ class RunLogger:
 
     def log_torch_model(self, model, name: str = "model") -> None:
         """Log as an MLflow PyTorch model (pickle: torch.export would freeze the batch size)."""
+        import logging
+
         import mlflow
         import mlflow.pytorch
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle")
+        # Known and accepted here: pickle serialisation, and torch's "+cpu" local version label.
+        quiet = [logging.getLogger(n) for n in ("mlflow.pytorch", "mlflow.utils.requirements_utils")]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        try:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pytorch.log_model(model, name=name, serialization_format="pickle")
+        finally:
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
 
     def terminate(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
