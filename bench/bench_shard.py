@@ -1,0 +1,102 @@
+"""Shard throughput: chipmatch's Ray Data ingest vs a naive single-process PIL + tarfile writer.
+
+Both read the same folder of PNG chips (rendered once by the synthetic generator), decode,
+convert to grayscale, normalise the size, re-encode PNG and write WebDataset-style tars. The
+naive writer does exactly that in one loop; chipmatch additionally hashes inputs, checks
+duplicates, splits classes and writes a manifest. Printed: images/s of both and the ratio,
+measured in the same run (absolute numbers on shared 2-core machines mean little).
+
+    .venv/bin/python bench/bench_shard.py [--images 8000] [--sizes 32 101]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def write_chips(folder: Path, size: int, count: int) -> int:
+    from components.data.synthetic import get_preset, render_item, synthetic_items
+
+    preset = "small" if size <= 64 else "large"
+    spec = get_preset(preset, num_images=count, num_classes=min(100, count // 10), image_size=size)
+    for item in synthetic_items(spec):
+        path = folder / item.label / f"{item.key.split('/')[-1]}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_item(item)).save(path)
+    return count
+
+
+def naive_writer(folder: Path, out: Path, size: int, per_shard: int) -> int:
+    out.mkdir(parents=True)
+    files = sorted(folder.rglob("*.png"))
+    count, shard, tar = 0, 0, None
+    for path in files:
+        if count % per_shard == 0:
+            if tar:
+                tar.close()
+            tar = tarfile.open(out / f"shard-{shard:05d}.tar", "w")
+            shard += 1
+        image = Image.open(path).convert("L")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        for suffix, data in (("png", buffer.getvalue()), ("cls", path.parent.name.encode())):
+            info = tarfile.TarInfo(f"{path.parent.name}/{path.stem}.{suffix}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        count += 1
+    tar.close()
+    return count
+
+
+def chipmatch_ingest(folder: Path, out: Path, size: int, per_shard: int) -> int:
+    from components.data.ingest import ImageSpec, ingest
+    from components.data.sources.folder import FolderConfig, FolderSource
+    from components.data.splits import SplitSpec
+    from components.storage import Store
+
+    result = ingest(FolderSource(FolderConfig(root=str(folder))), Store(str(out)), ImageSpec(size=size, channels=1),
+                    SplitSpec(), per_shard)
+    return result.manifest["summary"]["accepted"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 101])
+    parser.add_argument("--per-shard", type=int, default=1000)
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    print(f"cpus={os.cpu_count()} images={args.images} per_shard={args.per_shard}")
+    for size in args.sizes:
+        work = Path(tempfile.mkdtemp(prefix=f"bench_shard_{size}_"))
+        try:
+            write_chips(work / "chips", size, args.images)
+            start = time.perf_counter()
+            naive_count = naive_writer(work / "chips", work / "naive", size, args.per_shard)
+            naive_rate = naive_count / (time.perf_counter() - start)
+            chipmatch_ingest(work / "chips", work / "warmup", size, args.per_shard)  # warm Ray workers
+            start = time.perf_counter()
+            count = chipmatch_ingest(work / "chips", work / "chipmatch", size, args.per_shard)
+            rate = count / (time.perf_counter() - start)
+            print(f"{size}x{size}: naive {naive_rate:,.0f} img/s | chipmatch {rate:,.0f} img/s | ratio {rate / naive_rate:.2f}x")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
