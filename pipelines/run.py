@@ -1,6 +1,7 @@
 """`chipmatch run`: the whole pipeline on one config.
 
-ingest → split → shard → train (each configured loss) → evaluate → index → compare. Every stage skips its work
+ingest → split → shard → (tune) → train (each configured loss) → evaluate → index → compare.
+With a `tune` section, the sweep runs first and the pipeline goes on with its best config. Every stage skips its work
 when its output for the same inputs already exists (content-addressed dataset versions, run
 folders keyed by config hash, evaluation files keyed by settings), so a failed run resumes
 where it stopped.
@@ -20,6 +21,16 @@ def run_pipeline(config: Config, console: Console) -> dict[str, Any]:
     console.rule("[bold]ingest → split → shard")
     ingested = ingest.run_ingest(config, console)
     console.print(ingest.summary_table(ingested))
+
+    if config.tune is not None:
+        from pipelines.config import load_config
+        from pipelines.tune import run_tune, summary_table as sweep_table
+
+        console.rule(f"[bold]tune ({config.tune.name})")
+        sweep = run_tune(config, console, dataset_uri=ingested.manifest_uri)
+        console.print(sweep_table(sweep))
+        config = load_config(_local_path(sweep.best_config_uri))
+        console.log(f"[tune] continuing with the best config: {sweep.best_config_uri}")
 
     console.rule("[bold]train")
     runs = train.run_train(config, console, dataset_uri=ingested.manifest_uri)
@@ -44,3 +55,18 @@ def run_pipeline(config: Config, console: Console) -> dict[str, Any]:
                    "evaluate": evaluate.result_json(evaluated), "index": indexed,
                    "compare": compared},
     }
+
+
+def _local_path(uri: str) -> str:
+    """A local copy of a config URI (best.yaml may live on object storage)."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    import tempfile
+
+    from components.storage import Store
+
+    folder, name = uri.rsplit("/", 1)
+    handle = tempfile.NamedTemporaryFile("wb", suffix=".yaml", delete=False)
+    handle.write(Store(folder).read_bytes(name))
+    handle.close()
+    return handle.name

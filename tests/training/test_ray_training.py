@@ -43,11 +43,14 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tiny_dataset, ray_sessio
     assert again.skipped and again.model_uri == run.model_uri
 
 
-def test_two_node_cluster_trains_with_one_worker_per_node(tiny_dataset, tmp_path):
+def test_pipeline_on_a_two_node_cluster_with_one_worker_per_node(tmp_path):
+    """ingest → train (2 workers, one per node) → evaluate → index → compare on a simulated
+    2-node cluster (ray.cluster_utils.Cluster: two raylets on this machine)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    root, manifest = tiny_dataset
+    from pipelines.run import run_pipeline
+
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)
@@ -56,10 +59,18 @@ def test_two_node_cluster_trains_with_one_worker_per_node(tiny_dataset, tmp_path
         cluster.wait_for_nodes()
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         # 2 CPUs per worker on 2-CPU nodes: the only placement is one worker on each node.
-        config = tiny_train_config(root, manifest, "train.epochs=1", "train.num_workers=2",
-                                   "train.cpus_per_worker=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
-        [run] = run_train(config, _console())
-        assert run.metrics["epoch"] == 1
+        config = load_config(None, [
+            "data=synthetic_tiny", f"storage.root={tmp_path}", "shard.samples_per_shard=100", "model.embedding_dim=32",
+            "loss=triplet", "runs=[]", "train.epochs=1", "train.batches_per_epoch=2", "train.classes_per_batch=8",
+            "train.images_per_class=4", "train.threads_per_worker=1", "train.num_workers=2", "train.cpus_per_worker=2",
+            "evaluate.taps=[embedding]", "tracking.experiment=two-nodes",
+        ])
+        report = run_pipeline(config, _console())
+        [trained] = report["stages"]["train"]["runs"]
+        assert trained["metrics"]["epoch"] == 1 and not trained["skipped"]
+        assert report["stages"]["evaluate"]["runs"][0]["metrics"]["mAP"] > 0
+        assert report["stages"]["index"]["counts"]["vectors"] == 360
+        assert [row["loss"] for row in report["stages"]["compare"]["rows"]] == ["triplet"]
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -69,3 +80,10 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True, quiet=True)
+
+
+def test_too_few_resources_fail_fast_saying_what_to_change(tiny_dataset, ray_session):
+    root, manifest = tiny_dataset
+    config = tiny_train_config(root, manifest, "train.num_workers=16")
+    with pytest.raises(ValueError, match=r"train.num_workers=16.*CPUs"):
+        run_train(config, _console())
