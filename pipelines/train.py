@@ -171,6 +171,8 @@ def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_pat
                 name=ray_name, storage_path=_absolute(storage_path), callbacks=callbacks or None,
                 failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                # Per-report INFO lines from every worker drown the stage's own progress.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
         result = trainer.fit()
