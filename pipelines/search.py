@@ -32,7 +32,7 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
     model = model_from_bundle(load_bundle(source["model_uri"]))
     batch = chip[None, None] if chip.ndim == 2 else np.moveaxis(chip, -1, 0)[None]
     with torch.no_grad():
-        embedding = model(build_eval_transform()(torch.from_numpy(batch))).numpy()
+        embedding = model(build_eval_transform()(torch.from_numpy(np.array(batch)))).numpy()
     return chip, embedding
 
 

@@ -65,7 +65,8 @@ def superclass_indices(manifest: dict, classes: list[str]) -> list[int] | None:
 
 def attribute_labels(metas: list[dict], names: list[str] | None) -> np.ndarray:
     """Continuous labels (log-ratio loss) from the samples' attributes."""
-    names = names or sorted(metas[0][C.ATTRIBUTES]) if metas else names
+    if not names and metas:
+        names = sorted(metas[0][C.ATTRIBUTES])
     if not names:
         raise ValueError("loss log_ratio needs continuous labels: the dataset's samples have no attributes "
                          "(set loss.attributes, e.g. [length_m, width_m], on a source that provides them)")
@@ -167,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "resumed_from": saved["state"]["epoch"]}
 
-    logger = _rank0_logger(config) if rank == 0 else None
+    logger = _Rank0Logger(config) if rank == 0 else None
     for epoch in range(state["epoch"], train_cfg["epochs"]):
         started = time.time()
         module.train()
@@ -248,6 +249,3 @@ class _Rank0Logger:
 
         self.logger.log_torch_model(model_from_bundle(load_bundle(output_uri)))
 
-
-def _rank0_logger(config: dict) -> _Rank0Logger:
-    return _Rank0Logger(config)
