@@ -10,17 +10,32 @@ references.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
 Result = TypeVar("Result")
 
-# CPU: rows per block so one block's element-wise work (~25 bytes per score) stays in cache.
+# CPU: scores per matrix product (a few hundred rows: near-peak BLAS speed, still cache-sized
+# for L3) and per block of element-wise passes (~25 bytes per score: stays in L2/L3).
+CPU_PART_ELEMENTS = 2**23
 CPU_BLOCK_ELEMENTS = 2**20
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS limited to one thread (threadpoolctl, a scikit-learn dependency) if present."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 class NumpyKernels:
@@ -31,6 +46,23 @@ class NumpyKernels:
     def __init__(self, threads: int = 1) -> None:
         self.threads = max(1, int(threads))
         self._local = threading.local()  # work buffers are per thread
+        self._pool: ThreadPoolExecutor | None = None
+        self._scope: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "NumpyKernels":
+        """Start the worker threads (kept for the whole evaluation, with their buffers)."""
+        self._scope = contextlib.ExitStack()
+        # The workers use every thread, so BLAS is held to one thread meanwhile: its idle
+        # threads would otherwise spin-wait and take cores from the workers.
+        self._scope.enter_context(_single_threaded_blas())
+        if self.threads > 1:
+            self._pool = self._scope.enter_context(ThreadPoolExecutor(max_workers=self.threads))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        scope, self._scope, self._pool = self._scope, None, None
+        if scope is not None:
+            scope.close()
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A reusable work array (contents undefined), grown when a larger one is needed."""
@@ -42,12 +74,14 @@ class NumpyKernels:
             buffers[name] = buffer
         return buffer[:size].reshape(shape)
 
-    def map_blocks(self, function: Callable[[int, int], Result], bounds: Sequence[tuple[int, int]]) -> list[Result]:
-        """function(begin, end) for every block, on up to `threads` threads, results in order."""
-        if self.threads == 1 or len(bounds) == 1:
+    def map_parts(self, function: Callable[[int, int], Result], num_rows: int, row_length: int) -> list[Result]:
+        """function(begin, end) over row ranges of about CPU_PART_ELEMENTS scores, results in
+        order; on the worker threads when used as a context manager."""
+        step = max(1, CPU_PART_ELEMENTS // max(row_length, 1))
+        bounds = [(begin, min(begin + step, num_rows)) for begin in range(0, num_rows, step)]
+        if self._pool is None or len(bounds) == 1:
             return [function(begin, end) for begin, end in bounds]
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            return list(pool.map(lambda bound: function(*bound), bounds))
+        return list(self._pool.map(lambda bound: function(*bound), bounds))
 
     @staticmethod
     def array(tensor: torch.Tensor) -> np.ndarray:
@@ -151,6 +185,12 @@ class TorchKernels:
 
     name = "torch"
 
+    def __enter__(self) -> "TorchKernels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
     @staticmethod
     def array(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
@@ -160,8 +200,8 @@ class TorchKernels:
         return num_rows  # a GPU wants the whole chunk at once
 
     @staticmethod
-    def map_blocks(function: Callable[[int, int], Result], bounds: Sequence[tuple[int, int]]) -> list[Result]:
-        return [function(begin, end) for begin, end in bounds]
+    def map_parts(function: Callable[[int, int], Result], num_rows: int, row_length: int) -> list[Result]:
+        return [function(0, num_rows)]  # a GPU takes the whole chunk at once
 
     @staticmethod
     def to_numpy(values: torch.Tensor) -> np.ndarray:

@@ -15,10 +15,11 @@ Per chunk of B queries against all G gallery items:
 1. scores = queries @ galleryᵀ in float32 (B x G, the only B x G float matrix kept).
 2. Each row's scores are mapped to integer bins by a monotone function (subtract, multiply,
    clip, truncate: each step is monotone under IEEE rounding), so an item in a higher bin
-   always has a strictly higher score. The bins span the row's relevant scores
-   [min, max]: bin 0 holds everything below (never ahead of a relevant item), bin nb+1
-   everything above. A histogram and its cumulative sum give, per bin, how many items lie in
-   strictly higher bins.
+   always has a strictly higher score. The nb range bins span the row's relevant scores
+   [min, max]; one bin below holds everything lower (never ahead of a relevant item), one
+   above everything higher, and one extra bin holds only the query itself (never counted).
+   A histogram and its cumulative sum give, per bin, how many items lie in strictly higher
+   bins.
 3. Only items sharing a bin with a relevant item ("candidates") need an exact comparison.
    They are few (about R x items-per-bin per row); sorting them by (row, score desc, column)
    gives each one's position inside its bin.
@@ -30,8 +31,8 @@ scores are slow, not wrong). Rows are offset into one flat bin space so histogra
 sum and lookups are single 1-d operations.
 
 The steps run on a small kernel set (`_kernels`): numpy on CPU, torch on GPU. On CPU the
-score matrix of a chunk is processed in row blocks of about a million scores so the
-element-wise passes run in cache.
+score matrix of a chunk is processed in row blocks of about a million scores, so the
+element-wise passes run in cache, on as many threads as torch uses.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class GalleryLayout:
         return int(self.embeddings.shape[0])
 
 
-def build_gallery_layout(gallery: torch.Tensor, gallery_codes: torch.Tensor, num_classes: int, kernels) -> GalleryLayout:
+def build_gallery_layout(
+    gallery: torch.Tensor, gallery_codes: torch.Tensor, num_classes: int, kernels: Any
+) -> GalleryLayout:
     """Index the gallery by class so a query's relevant items are a slice of `class_columns`."""
     order = torch.sort(gallery_codes, stable=True).indices  # ascending column inside a class
     counts = torch.bincount(gallery_codes, minlength=num_classes)
@@ -117,17 +120,22 @@ def rank_relevant_items(
     num_queries = int(queries.shape[0])
     if num_queries * (num_bins + 3) >= MAX_FLAT_BINS:
         raise ValueError(f"{num_queries} queries x {num_bins + 3} bins exceed {MAX_FLAT_BINS} flat bins")
-    scores = kernels.matmul_transposed(queries, layout.embeddings)  # (B, G) float32
-    block = kernels.block_rows(num_queries, layout.size)
-    bounds = [(begin, min(begin + block, num_queries)) for begin in range(0, num_queries, block)]
+    def rank_part(begin: int, end: int) -> list:
+        # One matrix product per part (large products run near peak BLAS speed), then the
+        # element-wise passes in row blocks small enough to stay in cache.
+        scores = kernels.matmul_transposed(queries[begin:end], layout.embeddings)  # float32
+        step = kernels.block_rows(end - begin, layout.size)
+        found = []
+        for first in range(0, end - begin, step):
+            last = min(first + step, end - begin)
+            rows, hit_number, rank = _rank_block(
+                scores[first:last], query_codes[begin + first:begin + last],
+                self_column[begin + first:begin + last], layout, num_bins, kernels,
+            )
+            found.append((rows + begin + first, hit_number, rank))
+        return found
 
-    def rank_rows(begin: int, end: int):
-        rows, hit_number, rank = _rank_block(
-            scores[begin:end], query_codes[begin:end], self_column[begin:end], layout, num_bins, kernels
-        )
-        return rows + begin, hit_number, rank
-
-    parts = kernels.map_blocks(rank_rows, bounds)
+    parts = [block for part in kernels.map_parts(rank_part, num_queries, layout.size) for block in part]
     k = kernels
     hit_rows = k.concatenate([part[0] for part in parts])
     hit_number = k.concatenate([part[1] for part in parts])

@@ -31,8 +31,9 @@ input array. Given the scores, this rule is exact and deterministic. Different m
 kernels (CPU vs GPU, numpy vs torch) may round a score differently in its last bit, which can
 swap two nearly tied items; chunk_size only changes the number of rows per product (numpy's
 BLAS gives bit-identical rows whatever that number; tests check results do not change).
-scikit-learn's `average_precision_score` treats tied scores as one threshold instead; both
-agree whenever a query has no tie between a relevant and a non-relevant item.
+scikit-learn's `average_precision_score` instead puts tied scores at one threshold (every
+tied item gets the precision at the end of the tie); both agree whenever no relevant item of
+the query has a tied score (with a relevant or a non-relevant item).
 
 Memory
 ------
@@ -74,9 +75,10 @@ PER_CLASS_AP = "per_class_AP"          # dict label -> AP (only with return_per_
 PR_RECALL = "pr_recall"                # np.ndarray of recall levels (return_pr_curve=True)
 PR_PRECISION = "pr_precision"          # np.ndarray, mean interpolated precision per level
 
-# Default bound on chunk_size x gallery_size: a chunk then needs about 25 bytes per element
-# (float32 scores and work buffer, int64 bins, bool marks, histogram), about 200 MB.
-DEFAULT_CHUNK_ELEMENTS = 2**23
+# Default bound on chunk_size x gallery_size (scores of one chunk): about 64 MB of float32
+# scores plus, per thread, ~25 MB of work buffers on CPU (a GPU works on the whole chunk:
+# about 20 bytes per score, ~350 MB).
+DEFAULT_CHUNK_ELEMENTS = 2**24
 DEFAULT_PR_POINTS = 101
 BACKENDS = ("auto", "numpy", "torch")
 
@@ -165,7 +167,7 @@ def evaluate_retrieval(
     """Exact retrieval metrics with per-query details; see the module docstring.
 
     embeddings: (N, D) numpy array or torch tensor. labels: (N,) ints, strings or a tensor.
-    chunk_size: queries per chunk (None: about 8M scores per chunk, ~200 MB of work memory).
+    chunk_size: queries per chunk (None: about 16M scores per chunk, ~120 MB of memory on CPU).
     device: None (the input tensor's device; CPU for numpy), 'auto' (CUDA if available), or a
     torch device. normalize: L2-normalise the features before scoring.
     backend: 'auto' (numpy kernels on CPU, torch on GPU), 'numpy' (CPU only) or 'torch'.
@@ -217,7 +219,7 @@ def evaluate_retrieval(
 
     # Queries without a relevant item have no AP: they are skipped, not ranked.
     active = np.flatnonzero(num_relevant > 0)
-    with _full_float32_matmul(), torch.no_grad():
+    with _full_float32_matmul(), torch.no_grad(), kernels:
         for begin in range(0, active.shape[0], rows_per_chunk):
             chunk = active[begin:begin + rows_per_chunk]  # positions in query_index
             items = query_index[chunk]
@@ -227,15 +229,15 @@ def evaluate_retrieval(
                 kernels.array(torch.from_numpy(column_of_item[items]).to(target)),
                 layout, num_bins, kernels,
             )
-            rows, count = found.row, found.num_relevant
-            targets = chunk[rows]
+            rows, count, size = found.row, found.num_relevant, chunk.shape[0]
             precision_at_hit = found.hit_number / found.rank.astype(np.float64)
             within_r = found.rank <= count[rows]
-            ap_sum += np.bincount(targets, weights=precision_at_hit, minlength=num_queries)
-            map_at_r_sum += np.bincount(targets[within_r], weights=precision_at_hit[within_r], minlength=num_queries)
-            r_precision_hits += np.bincount(targets[within_r], minlength=num_queries)
+            # Per-query sums over the chunk's rows (chunk positions are distinct).
+            ap_sum[chunk] = np.bincount(rows, weights=precision_at_hit, minlength=size)
+            map_at_r_sum[chunk] = np.bincount(rows[within_r], weights=precision_at_hit[within_r], minlength=size)
+            r_precision_hits[chunk] = np.bincount(rows[within_r], minlength=size)
             first = found.hit_number == 1
-            first_rank[targets[first]] = np.minimum(found.rank[first], max_k + 1)
+            first_rank[chunk[rows[first]]] = np.minimum(found.rank[first], max_k + 1)
             if pr_sum is not None:
                 pr_sum += _interpolated_precision(rows, found.hit_number, found.rank, count, pr_points).sum(axis=0)
 

@@ -184,7 +184,9 @@ def build_index(
     count, dim = data.shape
     id_array = np.arange(count, dtype=np.int64) if ids is None else np.asarray(ids)
     if id_array.shape != (count,) or not np.issubdtype(id_array.dtype, np.integer):
-        raise ValueError(f"ids must be {count} integers (one per vector), got shape {id_array.shape} dtype {id_array.dtype}")
+        raise ValueError(
+            f"ids must be {count} integers (one per vector), got shape {id_array.shape} dtype {id_array.dtype}"
+        )
     id_array = id_array.astype(np.int64)
     if id_array.min() < 0 or np.unique(id_array).shape[0] != count:
         raise ValueError("ids must be unique non-negative integers")

@@ -27,7 +27,9 @@ METRIC_NAME = "inner_product"
 def new_index(factory: str, dim: int) -> faiss.Index:
     """An empty (untrained) inner-product index; ValueError naming a string faiss rejects."""
     if not isinstance(factory, str) or not factory.strip():
-        raise ValueError(f"index factory string must be a non-empty string such as {SUPPORTED_EXAMPLES}, got {factory!r}")
+        raise ValueError(
+            f"index factory string must be a non-empty string such as {SUPPORTED_EXAMPLES}, got {factory!r}"
+        )
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ValueError(f"index dimension must be a positive int, got {dim!r}")
     if "IDMap" in factory:

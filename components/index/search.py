@@ -18,6 +18,7 @@ ranking rule; scores may differ from faiss's CPU scores in the last float32 bits
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -84,7 +85,7 @@ class IndexSearcher:
             self._torch_shards = [self._to_torch(shard) for shard in self.shards]
         elif self.device == "cuda":
             self._gpu_resources = faiss.StandardGpuResources()  # must outlive the GPU indexes
-            self.shards = [faiss.index_cpu_to_gpu(self._gpu_resources, 0, shard) for shard in self.shards]
+            self.shards = [self._to_faiss_gpu(shard) for shard in self.shards]
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -93,12 +94,15 @@ class IndexSearcher:
         store = Store(uri)
         if not store.exists(INDEX_MANIFEST_FILENAME):
             raise FileNotFoundError(f"{store.uri_of(INDEX_MANIFEST_FILENAME)} does not exist: not an index directory")
-        manifest = IndexManifest.from_dict(store.read_json(INDEX_MANIFEST_FILENAME), store.uri_of(INDEX_MANIFEST_FILENAME))
+        manifest_uri = store.uri_of(INDEX_MANIFEST_FILENAME)
+        manifest = IndexManifest.from_dict(store.read_json(INDEX_MANIFEST_FILENAME), manifest_uri)
         shards = []
         for entry in manifest.shards:
             payload = store.read_bytes(entry.file)
             if verify and sha256_bytes(payload) != entry.sha256:
-                raise ValueError(f"{store.uri_of(entry.file)}: sha256 differs from the manifest (corrupt or replaced file)")
+                raise ValueError(
+                    f"{store.uri_of(entry.file)}: sha256 differs from the manifest (corrupt or replaced file)"
+                )
             shards.append(faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8)))
         table_bytes = store.read_bytes(manifest.metadata_file)
         if verify and sha256_bytes(table_bytes) != manifest.metadata_sha256:
@@ -115,16 +119,26 @@ class IndexSearcher:
             if device == "cuda" and not gpu_torch:
                 raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU")
             return "torch", "cuda" if (device != "cpu" and gpu_torch) else "cpu"
-        if device == "cpu" or (device == "auto" and not (gpu_faiss or gpu_torch)):
+        if device == "cpu":
             return "faiss", "cpu"
-        if gpu_faiss and backend in ("auto", "faiss"):
+        if gpu_faiss:
             return "faiss", "cuda"
         if gpu_torch and backend == "auto":
             return "torch", "cuda"
+        if device == "auto":
+            return "faiss", "cpu"
         raise ValueError(
             f"device 'cuda' was requested for {self.manifest.factory!r}, but there is no faiss GPU build and "
             "the torch fallback covers Flat indexes only"
         )
+
+    def _to_faiss_gpu(self, shard: faiss.Index) -> faiss.Index:
+        try:
+            return faiss.index_cpu_to_gpu(self._gpu_resources, 0, shard)
+        except RuntimeError as exc:  # an index type the GPU build cannot hold: stay on CPU
+            warnings.warn(f"faiss could not move a {self.manifest.factory!r} shard to the GPU ({exc}); "
+                          "searching it on CPU", RuntimeWarning, stacklevel=3)
+            return shard
 
     def _to_torch(self, shard: faiss.Index) -> _TorchShard:
         import torch
