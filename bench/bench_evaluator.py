@@ -28,6 +28,7 @@ from sklearn.metrics import average_precision_score
 
 from components.constants import METRIC_MAP
 from components.evaluation import evaluate_retrieval
+from common import machine_load  # bench/common.py (scripts run from bench/)
 
 
 def clustered_embeddings(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,13 +117,6 @@ def run_sklearn(features: np.ndarray, labels: np.ndarray, queries: np.ndarray):
         has_tie[position] = bool((relevant & (size[group] > 1)).any())  # a relevant item in a tie
     return seconds, cpu_seconds, ap, has_tie
 
-
-def machine_load() -> str:
-    """The 1-minute load average: these machines are shared, so timings carry their context."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components.index import IndexSearcher, build_index
+from common import machine_load  # bench/common.py (scripts run from bench/)
 
 
 def clustered(n: int, dim: int, classes: int, noise: float, seed: int) -> np.ndarray:
@@ -36,13 +37,6 @@ def timed_search(searcher: IndexSearcher, queries: np.ndarray, k: int, **params)
     _, ids = searcher.search_arrays(queries, k, **params)
     return ids, time.perf_counter() - start
 
-
-def machine_load() -> str:
-    """The 1-minute load average: these machines are shared, so timings carry their context."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 def main() -> None:
