@@ -22,7 +22,9 @@ ROLE_GALLERY = "gallery"
 ROLES = (ROLE_BOTH, ROLE_QUERY, ROLE_GALLERY)
 
 # --- WebDataset sample members (tar member suffixes) --------------------------------------
-WDS_IMAGE = "png"          # lossless, normalised chip
+WDS_IMAGE = "png"          # lossless, normalised chip (1 or 3 bands)
+WDS_ARRAY = "npy"          # a chip with another band count (e.g. RGB + near-infrared): PNG cannot hold it
+WDS_CHIP_MEMBERS = (WDS_IMAGE, WDS_ARRAY)
 WDS_META = "json"          # class, superclass, attributes, split, role, source metadata
 
 # Fields of a sample's metadata (the .json member) and of the records table.
@@ -46,10 +48,11 @@ REJECT_CONFLICTING_LABELS = "conflicting_labels"   # byte-identical image under 
 REJECT_DUPLICATE = "duplicate"                     # byte-identical image twice in one class
 REJECT_TOO_SMALL = "too_small"
 REJECT_OUT_OF_BOUNDS = "out_of_bounds"             # geotiff annotation outside its scene
+REJECT_WRONG_BANDS = "wrong_band_count"            # fewer bands than shard.channels asks for
 REJECT_REASONS = (
     REJECT_EMPTY, REJECT_UNREADABLE, REJECT_TRUNCATED, REJECT_CORRUPT, REJECT_UNKNOWN_FORMAT,
     REJECT_MISSING_LABEL, REJECT_CONFLICTING_LABELS, REJECT_DUPLICATE, REJECT_TOO_SMALL,
-    REJECT_OUT_OF_BOUNDS,
+    REJECT_OUT_OF_BOUNDS, REJECT_WRONG_BANDS,
 )
 
 # --- metric names (evaluation, MLflow, compare) --------------------------------------------

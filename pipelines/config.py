@@ -49,7 +49,7 @@ class SplitConfig(Section):
 class ShardConfig(Section):
     samples_per_shard: int = Field(1000, ge=2)
     image_size: int | None = Field(None, ge=4)   # None: the source's native chip size
-    channels: Literal[1, 3] = 1
+    channels: int = Field(1, ge=1, le=16)   # 1 gray, 3 RGB, other counts keep the first bands (multi-band)
     drop_duplicates: bool = True
 
 

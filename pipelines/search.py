@@ -75,7 +75,7 @@ def render(results, query: str) -> Table:
 def write_grid(chip: np.ndarray, results, dataset_uri: str, path: str, query_label: str | None = None) -> None:
     """The query chip, then the retrieved chips (read back from their shards), framed green
     when they share `query_label` (default: the top result's class) and red otherwise."""
-    from components.data.decode import decode_png
+    from components.data.decode import chip_bytes, decode_chip
     from components.data.reader import iter_shard
     from components.data.versions import open_version
     from components.evaluation.plots import retrieval_grid
@@ -86,7 +86,7 @@ def write_grid(chip: np.ndarray, results, dataset_uri: str, path: str, query_lab
     for shard in sorted({shard for shard, _ in wanted}):
         for raw in iter_shard(version, shard):
             if (shard, raw["__key__"]) in wanted:
-                pixels[raw["__key__"]] = decode_png(raw[C.WDS_IMAGE])
+                pixels[raw["__key__"]] = decode_chip(chip_bytes(raw))
     retrieved = np.stack([pixels[key] for key in results["key"]])[None]
     labels = list(results["label"])
     retrieval_grid(chip[None], retrieved, [query_label or labels[0]], [labels], path)

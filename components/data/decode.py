@@ -59,18 +59,38 @@ def rescale_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def normalise(array: np.ndarray, image_size: int | None, channels: int) -> np.ndarray:
-    """Convert to `channels` (1 → H×W, 3 → H×W×3) and resize to a square `image_size`."""
+    """Convert to `channels` (1 → H×W, otherwise H×W×channels) and resize to a square `image_size`.
+
+    1 and 3 channels convert between grayscale and RGB; any other count (multi-band imagery)
+    keeps the input's first `channels` bands and rejects inputs with fewer.
+    """
     if array.ndim not in (2, 3):
         raise Rejection(C.REJECT_CORRUPT, f"image has {array.ndim} dimensions")
     height, width = array.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise Rejection(C.REJECT_TOO_SMALL, f"{width}x{height} pixels, need at least {MIN_SIDE}")
-    array = _to_channels(array, channels)
+    array = _to_channels(array, channels) if channels in (1, 3) else _first_bands(array, channels)
     if image_size is not None and (height, width) != (image_size, image_size):
-        mode = "L" if channels == 1 else "RGB"
-        resized = Image.fromarray(array, mode=mode).resize((image_size, image_size), Image.BILINEAR)
-        array = np.asarray(resized, dtype=np.uint8)
+        array = _resize(array, image_size)
     return np.ascontiguousarray(array)
+
+
+def _first_bands(array: np.ndarray, channels: int) -> np.ndarray:
+    bands = 1 if array.ndim == 2 else array.shape[2]
+    if bands < channels:
+        raise Rejection(C.REJECT_WRONG_BANDS, f"{bands} band(s), shard.channels asks for {channels}")
+    return array[:, :, :channels]
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize; band by band beyond RGB (PIL images hold at most 4 bands)."""
+    def one(plane: np.ndarray) -> np.ndarray:
+        mode = "L" if plane.ndim == 2 else "RGB"
+        return np.asarray(Image.fromarray(plane, mode=mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+    if array.ndim == 2 or array.shape[2] == 3:
+        return one(array)
+    return np.stack([one(array[:, :, band]) for band in range(array.shape[2])], axis=2)
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
@@ -90,11 +110,31 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[:, :, -1:], channels - array.shape[2], 2)], axis=2)
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def chip_member(channels: int) -> str:
+    """The WebDataset member a chip of `channels` bands is stored as (PNG where it fits)."""
+    return C.WDS_IMAGE if channels in (1, 3) else C.WDS_ARRAY
+
+
+def encode_chip(array: np.ndarray) -> bytes:
+    """Lossless bytes of a normalised chip: PNG for 1 or 3 bands, .npy otherwise."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
+    if array.ndim == 2 or array.shape[2] == 3:
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
+    else:
+        np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_chip(data: bytes) -> np.ndarray:
+    """Inverse of `encode_chip` (the format is recognised by its magic bytes)."""
+    if data[:6] == b"\x93NUMPY":
+        return np.load(io.BytesIO(data), allow_pickle=False)
     return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8)
+
+
+def chip_bytes(sample: dict) -> bytes:
+    """The encoded chip of a raw WebDataset sample, whichever member holds it."""
+    for member in C.WDS_CHIP_MEMBERS:
+        if member in sample:
+            return sample[member]
+    raise KeyError(f"sample {sample.get('__key__')!r} has no chip member ({list(C.WDS_CHIP_MEMBERS)})")

@@ -45,8 +45,8 @@ class ImageSpec:
     channels: int         # 1 (grayscale) or 3 (RGB)
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"shard.channels must be 1 or 3, got {self.channels}")
+        if not 1 <= self.channels <= 16:
+            raise ValueError(f"shard.channels must be between 1 and 16, got {self.channels}")
         if self.size is not None and self.size < decode.MIN_SIDE:
             raise ValueError(f"shard.image_size must be >= {decode.MIN_SIDE} or null, got {self.size}")
 
@@ -87,7 +87,7 @@ def load_and_normalise(batch: dict[str, np.ndarray], source_json: str, size: int
                 else:
                     raw_sha = sha256_bytes(np.ascontiguousarray(raw).tobytes() + str(raw.shape).encode())
                     pixels = raw
-                png = decode.encode_png(decode.normalise(pixels, size, channels))
+                png = decode.encode_chip(decode.normalise(pixels, size, channels))
             except Rejection as rejection:
                 reason, detail = rejection.reason, rejection.detail
             except Exception as exc:  # noqa: BLE001 - one bad input must never stop the stage
@@ -144,9 +144,10 @@ def previous_class_split(store: Store, dataset: str, spec: SplitSpec) -> tuple[s
 
 # --- step 3: write shards (runs in Ray workers) ------------------------------------------
 
-def write_shard(name: str, samples: list[tuple[str, bytes, bytes]], root_uri: str, fault: str | None = None) -> dict:
+def write_shard(name: str, samples: list[tuple[str, bytes, bytes]], root_uri: str, member: str,
+                fault: str | None = None) -> dict:
     """Ray task: write one shard atomically, return its record."""
-    data = encode_shard(samples)
+    data = encode_shard(samples, member)
     store = Store(root_uri)
     if fault == "mid_shard_write":
         partial = f"{name}.tmp-injected-{os.getpid()}"
@@ -234,7 +235,7 @@ def ingest(
     )
     identity = {
         "schema_version": C.MANIFEST_SCHEMA_VERSION, "dataset": dataset,
-        "image": {"size": image.size, "channels": image.channels, "format": C.WDS_IMAGE},
+        "image": {"size": image.size, "channels": image.channels, "format": decode.chip_member(image.channels)},
         "split": {**split_spec.__dict__, "seen_classes": class_split.seen, "unseen_classes": class_split.unseen},
         "shards": [p.name for p in plans], "rejections": rejection_list,
     }
@@ -250,7 +251,7 @@ def ingest(
     missing = [p for p in plans if not store.exists(p.name)]
     result.shards_written, result.shards_reused = len(missing), len(plans) - len(missing)
     log(f"writing {len(missing)} shard(s), reusing {len(plans) - len(missing)}")
-    written = _write_shards(processed, missing, metas, store.uri) if missing else {}
+    written = _write_shards(processed, missing, metas, store.uri, decode.chip_member(image.channels)) if missing else {}
     known = known_shard_records(store, dataset)
     shard_records = [_shard_record(p, written, known, store) for p in plans]
 
@@ -276,7 +277,7 @@ def ingest(
     return result
 
 
-def _write_shards(processed, plans: list[ShardPlan], metas: dict[str, bytes], root_uri: str) -> dict[str, dict]:
+def _write_shards(processed, plans: list[ShardPlan], metas: dict[str, bytes], root_uri: str, member: str) -> dict[str, dict]:
     """Stream the normalised chips once and hand each shard to a Ray task as soon as it is full.
 
     Only the chips of shards still being filled are held on the driver, and no shuffle is
@@ -298,7 +299,7 @@ def _write_shards(processed, plans: list[ShardPlan], metas: dict[str, bytes], ro
                 continue
             filling[name].append((str(key), bytes(png), metas[str(key)]))
             if len(filling[name]) == expected[name]:
-                pending.append(write.remote(name, filling.pop(name), root_uri, fault))
+                pending.append(write.remote(name, filling.pop(name), root_uri, member, fault))
     if filling:
         raise RuntimeError(f"shards left incomplete after reading every sample: {sorted(filling)[:5]}")
     return {record.pop("name"): record for record in ray.get(pending)}

@@ -18,7 +18,7 @@ import torch.utils.data as tud
 import webdataset as wds
 
 from components import constants as C
-from components.data.decode import decode_png
+from components.data.decode import chip_bytes, decode_chip
 from components.data.versions import DatasetVersion
 
 
@@ -60,7 +60,7 @@ def iter_samples(
     for shard in assign_shards(version.shards(split), rank, world_size, worker, num_workers):
         for raw in iter_shard(version, shard["name"]):
             meta = json.loads(raw[C.WDS_META])
-            image = decode_png(raw[C.WDS_IMAGE]) if decode else raw[C.WDS_IMAGE]
+            image = decode_chip(chip_bytes(raw)) if decode else chip_bytes(raw)
             yield Sample(key=raw["__key__"], image=image, label=meta[C.LABEL],
                          label_index=class_index[meta[C.LABEL]], meta=meta)
 

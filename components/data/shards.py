@@ -66,12 +66,13 @@ def sample_metadata_bytes(metadata: dict) -> bytes:
     return canonical_json(metadata).encode("utf-8")
 
 
-def encode_shard(samples: list[tuple[str, bytes, bytes]]) -> bytes:
-    """Tar bytes of `(key, png_bytes, json_bytes)` samples, written in key order."""
+def encode_shard(samples: list[tuple[str, bytes, bytes]], member: str = C.WDS_IMAGE) -> bytes:
+    """Tar bytes of `(key, chip_bytes, json_bytes)` samples, written in key order; the chip is
+    stored as `<key>.<member>` (png, or npy for multi-band chips)."""
     import webdataset as wds  # here, not at import: it pulls in torch, which decode workers never need
 
     buffer = io.BytesIO()
     with wds.TarWriter(buffer, mtime=TAR_MTIME, encoder=False) as writer:
         for key, image, meta in sorted(samples, key=lambda sample: sample[0]):
-            writer.write({"__key__": key, C.WDS_IMAGE: image, C.WDS_META: meta})
+            writer.write({"__key__": key, member: image, C.WDS_META: meta})
     return buffer.getvalue()

@@ -81,7 +81,9 @@ def _tile(image: Any, colour: tuple[int, int, int], tile: int | None, border: in
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8 images, got dtype {pixels.dtype}")
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
+    if pixels.ndim == 3 and pixels.shape[2] > 3:
+        pixels = pixels[:, :, :3]          # multi-band chips: show the first three bands
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
         pixels = pixels[:, :, 0]
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)

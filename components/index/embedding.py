@@ -38,6 +38,7 @@ def _version(manifest_uri: str) -> DatasetVersion:
 
 def read_shards(batch: dict[str, np.ndarray], manifest_uri: str) -> dict[str, list]:
     """Ray Data UDF: shard names in, one row per sample out (PNG bytes still encoded)."""
+    from components.data.decode import chip_bytes
     from components.data.reader import iter_shard
 
     version = _version(manifest_uri)
@@ -46,7 +47,7 @@ def read_shards(batch: dict[str, np.ndarray], manifest_uri: str) -> dict[str, li
         for raw in iter_shard(version, str(name)):
             rows["shard"].append(str(name))
             rows["key"].append(raw["__key__"])
-            rows["png"].append(raw[C.WDS_IMAGE])
+            rows["png"].append(chip_bytes(raw))
             rows["meta"].append(raw[C.WDS_META].decode("utf-8"))
     return rows
 
@@ -68,9 +69,9 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
 
-        from components.data.decode import decode_png
+        from components.data.decode import decode_chip
 
-        images = np.stack([decode_png(bytes(png)) for png in batch["png"]])
+        images = np.stack([decode_chip(bytes(png)) for png in batch["png"]])
         images = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
         with torch.no_grad():
             tensor = self.transform(torch.from_numpy(images)).to(self.device)

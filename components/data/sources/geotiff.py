@@ -155,7 +155,10 @@ class GeoTiffSource(Source):
         try:
             with rasterio.open(item.locator["scene"]) as dataset:
                 bands = list(self.config.bands) if self.config.bands else list(range(1, dataset.count + 1))
-                array = dataset.read(bands, window=window, boundless=self.config.edge == "pad", fill_value=0)
+                # fill_value only for padding: rasterio also applies it to pixels it considers
+                # masked (e.g. where a 4th "alpha" band is 0), which would corrupt real data.
+                padding = {"boundless": True, "fill_value": 0} if self.config.edge == "pad" else {}
+                array = dataset.read(bands, window=window, **padding)
         except Exception as exc:  # noqa: BLE001
             raise Rejection(C.REJECT_UNREADABLE, f"{item.locator['scene']}: {exc}") from exc
         array = np.moveaxis(array, 0, -1)  # bands-first → H×W×bands
