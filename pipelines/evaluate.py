@@ -21,7 +21,7 @@ from components.evaluation.model_eval import ModelEvaluation, evaluate_model, ro
 from components.storage import Store, sha256_json
 from components.tracking import RunLogger
 from pipelines.config import Config
-from pipelines.ray_session import ensure_ray
+from pipelines.ray_session import cluster_has_gpus, ensure_ray
 from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
 
 EVALUATION_PREFIX = "evaluation"
@@ -46,7 +46,7 @@ def run_evaluate(config: Config, console: Console, dataset_uri: str | None = Non
     ensure_ray(config.ray)
     settings = config.evaluate.model_dump()
     use_gpu = settings.pop("use_gpu")
-    use_gpu = use_gpu if use_gpu is not None else _cluster_has_gpus()
+    use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
     tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
     evaluated, curves = [], {}
     for run in runs:
@@ -72,12 +72,6 @@ def run_evaluate(config: Config, console: Console, dataset_uri: str | None = Non
         evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(name), False))
     _log_pr_curves(config, evaluated, curves)
     return evaluated
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _log(config: Config, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation, dataset_uri: str) -> None:

@@ -21,7 +21,7 @@ from components.index.embedding import embed_split
 from components.storage import Store
 from components.tracking import RunLogger
 from pipelines.config import Config
-from pipelines.ray_session import ensure_ray
+from pipelines.ray_session import cluster_has_gpus, ensure_ray
 from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
 
 SOURCE_FILE = "source.json"
@@ -67,7 +67,7 @@ def run_index(config: Config, console: Console, dataset_uri: str | None = None,
     run = choose_run(config, runs if runs is not None else trained_runs(config, dataset_uri), metrics)
     ensure_ray(config.ray)
     settings = config.index
-    use_gpu = settings.use_gpu if settings.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_has_gpus()
     version = open_version(dataset_uri)
     console.log(f"[index] embedding splits {settings.splits} with run {run.name!r}")
     parts = [embed_split(dataset_uri, split, run.model_uri, ("embedding",), settings.batch_size, settings.num_actors, use_gpu)

@@ -13,6 +13,13 @@ import os
 from pipelines.config import RayConfig
 
 
+def cluster_has_gpus() -> bool:
+    """Whether the connected cluster offers GPUs (the default for every `use_gpu: null`)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
 def ensure_ray(config: RayConfig | None = None) -> None:
     import ray
 

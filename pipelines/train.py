@@ -22,7 +22,7 @@ from components.storage import Store, sha256_json
 from components.tracking import RunLogger, create_run, default_tracking_uri, ensure_experiment, prepare_store
 from components.training.checkpoint import BUNDLE_FILENAME
 from pipelines.config import Config, LossConfig, TrainConfig
-from pipelines.ray_session import ensure_ray
+from pipelines.ray_session import cluster_has_gpus, ensure_ray
 
 RUNS_DIR = "runs"
 RESULT_FILE = "result.json"
@@ -156,7 +156,7 @@ def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_pat
     train = planned.train
     started = time.time()
     try:
-        use_gpu = train.use_gpu if train.use_gpu is not None else _cluster_has_gpus()
+        use_gpu = train.use_gpu if train.use_gpu is not None else cluster_has_gpus()
         _check_resources(train, use_gpu, gpus_per_worker)
         resources = {"CPU": train.cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu and gpus_per_worker else {})}
         loop_config = {**planned.resolved, "train": train.model_dump(), "output_uri": output_uri,
@@ -209,12 +209,6 @@ def train_one(config: Config, console: Console, name: str, loss: LossConfig, tra
 
 def _absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _check_resources(train: TrainConfig, use_gpu: bool, gpus_per_worker: float | None = None) -> None:
