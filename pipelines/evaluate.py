@@ -7,6 +7,7 @@ of all runs of the config on one plot to each run's MLflow run.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from components import constants as C
+from components.data.reader import SplitArrays, load_split
+from components.data.versions import open_version
 from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
 from components.storage import Store, sha256_json
 from components.tracking import RunLogger
@@ -49,6 +52,8 @@ def run_evaluate(config: Config, console: Console, dataset_uri: str | None = Non
     use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
     tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
     evaluated, curves = [], {}
+    # The unseen chips (for the retrieval grids) are read once, and only if some run needs them.
+    unseen_chips = functools.lru_cache(maxsize=1)(lambda: load_split(open_version(dataset_uri), C.SPLIT_UNSEEN))
     for run in runs:
         store = Store(run.model_uri.rsplit("/model", 1)[0])
         name = f"{EVALUATION_PREFIX}-{tag}.json"
@@ -68,31 +73,29 @@ def run_evaluate(config: Config, console: Console, dataset_uri: str | None = Non
                   "metrics": flat, "per_tap": result.metrics, "per_class_AP": result.per_class_ap,
                   "pr_curve": {"recall": result.pr_curves[main][0].tolist(), "precision": result.pr_curves[main][1].tolist()}}
         store.write_json(name, record)
-        _log(config, run, flat, record, result, dataset_uri)
+        _log(config, run, flat, record, result, unseen_chips())
         evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(name), False))
-    _log_pr_curves(config, evaluated, curves)
+    if any(not run.skipped for run in evaluated):  # a re-run with nothing new writes nothing
+        _log_pr_curves(config, evaluated, curves)
     return evaluated
 
 
-def _log(config: Config, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation, dataset_uri: str) -> None:
+def _log(config: Config, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation, chips: SplitArrays) -> None:
     logger = RunLogger(tracking_uri(config), run.run_id)
     logger.log_metrics(flat)
     logger.log_dict(record, "evaluation/metrics.json")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "retrieval_grid.png")
-        write_retrieval_grid(result, dataset_uri, config.evaluate.taps[0], config.evaluate.grid_queries,
+        write_retrieval_grid(result, chips, config.evaluate.taps[0], config.evaluate.grid_queries,
                              config.evaluate.grid_k, path)
         logger.log_artifact(path, "evaluation")
 
 
-def write_retrieval_grid(result: ModelEvaluation, dataset_uri: str, tap: str, num_queries: int, k: int, path: str) -> None:
-    """Queries spread over the unseen set, each followed by its top-k gallery items."""
-    from components.data.reader import load_split
-    from components.data.versions import open_version
+def write_retrieval_grid(result: ModelEvaluation, arrays: SplitArrays, tap: str, num_queries: int, k: int, path: str) -> None:
+    """Queries spread over the unseen set (`arrays`: its chips), each followed by its top-k gallery items."""
     from components.evaluation.plots import retrieval_grid
 
     unseen = result.unseen
-    arrays = load_split(open_version(dataset_uri), C.SPLIT_UNSEEN)
     position = {key: i for i, key in enumerate(arrays.keys)}
     features = unseen.features[tap] / np.linalg.norm(unseen.features[tap], axis=1, keepdims=True).clip(1e-12)
     query, gallery = role_masks(unseen.roles)
@@ -114,7 +117,8 @@ def _log_pr_curves(config: Config, evaluated: list[EvaluatedRun], curves: dict) 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pr_curves.png")
         plot_pr_curves({f"{run.name} ({run.loss})": curves[run.name] for run in evaluated}, path)
-        Store(config.storage.root).write_bytes(f"evaluation/{config.tracking.experiment}/pr_curves.png", open(path, "rb").read())
+        with open(path, "rb") as handle:
+            Store(config.storage.root).write_bytes(f"evaluation/{config.tracking.experiment}/pr_curves.png", handle.read())
         for run in evaluated:
             RunLogger(tracking_uri(config), run.run_id).log_artifact(path, "evaluation")
 
