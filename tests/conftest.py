@@ -29,28 +29,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def ray_session():
-    """The shared local Ray session, started on first use (and again after a test that
-    needed its own cluster shut it down)."""
+def _start_shared_ray():
     import ray
 
     if not ray.is_initialized():
         # More logical CPUs than cores: Train/Tune drivers need a small reservation of their own.
         ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_session():
+    """The shared local Ray session, started on first use (and again after a test that
+    needed its own cluster shut it down)."""
+    yield _start_shared_ray()
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """The tiny synthetic vehicle set, ingested once: (storage root, manifest URI)."""
-    import ray
-
     from pipelines.config import load_config
     from pipelines.ingest import run_ingest
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    _start_shared_ray()
     root = tmp_path_factory.mktemp("tiny_store")
     config = load_config(None, ["data=synthetic_tiny", f"storage.root={root}", "shard.samples_per_shard=100"])
     return str(root), run_ingest(config).manifest_uri
