@@ -18,6 +18,7 @@ from rich.console import Console
 from components import constants as C
 from components.data.versions import open_version
 from components.index.embedding import embed_split
+from components.index.filters import LATITUDE, LONGITUDE, SCENE_ID, TIME
 from components.storage import Store
 from components.tracking import RunLogger
 from pipelines.config import Config
@@ -25,7 +26,8 @@ from pipelines.ray_session import cluster_has_gpus, ensure_ray
 from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
 
 SOURCE_FILE = "source.json"
-GEO_TIME_FIELDS = ("lon", "lat", "time", "scene_id")
+# The metadata columns search filters read (named once, in components.index.filters).
+GEO_TIME_FIELDS = (LONGITUDE, LATITUDE, TIME, SCENE_ID)
 
 
 def choose_run(config: Config, runs: list[TrainedRun], metrics: dict[str, dict] | None = None) -> TrainedRun:
@@ -50,10 +52,10 @@ def metadata_table(embedded) -> pd.DataFrame:
         row.update({name: extra.get(name) for name in GEO_TIME_FIELDS})
         rows.append(row)
     table = pd.DataFrame(rows)
-    for name in ("lon", "lat"):
+    for name in (LONGITUDE, LATITUDE):
         table[name] = pd.to_numeric(table[name], errors="coerce")
-    if table["time"].notna().any():
-        table["time"] = pd.to_datetime(table["time"], errors="coerce", utc=True)
+    if table[TIME].notna().any():
+        table[TIME] = pd.to_datetime(table[TIME], errors="coerce", utc=True)
     return table
 
 
