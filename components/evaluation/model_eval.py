@@ -2,7 +2,9 @@
 tap, plus classification accuracy on the seen-class validation images for classifier losses.
 
 Unseen images carry query/gallery roles from the manifest (default: every image queries
-all the others, leave-one-out).
+all the others, leave-one-out). Embedding goes through `components.inference` (one process,
+streamed over the sample index, `num_actors` - 1 decoding processes ahead of the model), the
+same path training validation uses; no Ray worker pool is started for it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import torch
 from components import constants as C
 from components.evaluation.classification import classification_accuracy
 from components.evaluation.retrieval import evaluate_retrieval
-from components.index.embedding import EmbeddedSplit, embed_split
-from components.losses import build_loss
-from components.training.checkpoint import load_bundle
+from components.data.versions import open_version
+from components.inference import EmbeddedSplit, embed_split, load_bundle, loss_from_bundle, model_from_bundle
 
 
 @dataclass
@@ -46,9 +47,19 @@ def role_masks(roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return query, gallery
 
 
+def _device(use_gpu: bool, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
 def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penultimate"), ks=C.DEFAULT_RECALL_KS,
                    batch_size: int = 256, num_actors: int = 1, use_gpu: bool = False, device=None) -> ModelEvaluation:
-    unseen = embed_split(manifest_uri, C.SPLIT_UNSEEN, model_uri, tuple(taps), batch_size, num_actors, use_gpu)
+    version = open_version(manifest_uri)
+    bundle = load_bundle(model_uri)
+    model = model_from_bundle(bundle).to(_device(use_gpu, device))
+    readers = max(0, int(num_actors) - 1)
+    unseen = embed_split(model, version, C.SPLIT_UNSEEN, tuple(taps), batch_size, loader_workers=readers)
     query, gallery = role_masks(unseen.roles)
     metrics, curves, per_class = {}, {}, {}
     for tap in taps:
@@ -57,23 +68,17 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
         metrics[tap] = dict(result.metrics)
         curves[tap] = (result.pr_recall, result.pr_precision)
         per_class[tap] = {str(k): float(v) for k, v in (result.per_class_ap or {}).items()}
-    return ModelEvaluation(metrics, _val_accuracy(manifest_uri, model_uri, batch_size, num_actors, use_gpu),
-                           curves, per_class, unseen)
+    return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)
 
 
-def _val_accuracy(manifest_uri: str, model_uri: str, batch_size: int, num_actors: int, use_gpu: bool) -> float | None:
+def _val_accuracy(version, bundle: dict[str, Any], model, batch_size: int, readers: int) -> float | None:
     """Accuracy of the loss's classifier on held-out images of the seen classes."""
-    bundle = load_bundle(model_uri)
-    loss = build_loss(bundle["loss_name"], **bundle["loss_params"])
-    if not hasattr(loss, "logits"):
+    loss = loss_from_bundle(bundle)
+    if not hasattr(loss, "logits") or version.num_samples(C.SPLIT_VAL) == 0:
         return None
-    loss.load_state_dict(bundle["loss_state"])
-    try:
-        val = embed_split(manifest_uri, C.SPLIT_VAL, model_uri, ("embedding",), batch_size, num_actors, use_gpu)
-    except ValueError:  # no validation images
-        return None
+    val = embed_split(model, version, C.SPLIT_VAL, ("embedding",), batch_size, loader_workers=readers, with_metadata=False)
     index = {name: i for i, name in enumerate(bundle["classes"])}
     labels = torch.tensor([index[label] for label in val.labels])
     with torch.no_grad():
-        logits = loss.eval().logits(torch.from_numpy(val.features["embedding"]))
+        logits = loss.logits(torch.from_numpy(val.features["embedding"]))
     return classification_accuracy(logits, labels)

@@ -2,33 +2,24 @@
 
 Shards are read in parallel tasks, then a pool of `Embedder` actors (GPU actors when asked)
 each loads the model once and embeds batches of chips, returning every requested feature
-tap (embedding, penultimate, ...). Evaluation and indexing both embed through here.
+tap (embedding, penultimate, ...). The index stage embeds through here, for splits too large
+for one process; the model work itself (bundle → model, chips → NCHW → features) is
+`components.inference`, the path training validation and evaluation use too.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from components import constants as C
 from components.data.versions import DatasetVersion, open_version
+from components.inference.embed import EmbeddedSplit
 
-
-@dataclass
-class EmbeddedSplit:
-    keys: list[str]
-    labels: list[str]                  # class names
-    metas: list[dict[str, Any]]        # each sample's .json member
-    shards: list[str]                  # the shard holding each sample (to fetch its pixels)
-    features: dict[str, np.ndarray]    # tap -> float32 [N, D], rows in `keys` order
-
-    @property
-    def roles(self) -> np.ndarray:
-        return np.array([m.get(C.ROLE, C.ROLE_BOTH) for m in self.metas])
+__all__ = ["EmbeddedSplit", "Embedder", "embed_split", "read_shards"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,27 +49,21 @@ class Embedder:
     def __init__(self, model_uri: str, taps: tuple[str, ...], use_gpu: bool = False):
         import torch
 
-        from components.models.transforms import build_eval_transform
-        from components.training.checkpoint import load_bundle, model_from_bundle
+        from components.inference import load_model
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = model_from_bundle(load_bundle(model_uri)).to(self.device)
-        self.transform = build_eval_transform()
+        self.model = load_model(model_uri).to(self.device)
         self.taps = taps
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        import torch
-
         from components.data.decode import decode_chip
+        from components.inference import embed_arrays
 
         images = np.stack([decode_chip(bytes(png)) for png in batch["png"]])
-        images = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
-        with torch.no_grad():
-            tensor = self.transform(torch.from_numpy(images)).to(self.device)
-            features = self.model.extract(tensor, taps=self.taps)
+        features = embed_arrays(self.model, images, self.taps, batch_size=len(images), device=self.device)
         out: dict[str, Any] = {"key": batch["key"], "meta": batch["meta"], "shard": batch["shard"]}
         for tap, value in features.items():
-            out[f"feature_{tap}"] = value.float().cpu().numpy()
+            out[f"feature_{tap}"] = value
         return out
 
 

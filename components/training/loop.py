@@ -1,34 +1,49 @@
-"""`train_loop_per_worker(config)`: what every Ray Train worker runs.
+"""The training loop: `train(job, reporter)`, run identically by Ray Train workers and by one
+plain process (the lent GPU machine has no Ray).
 
-The driver (`pipelines/train.py`) only builds ScalingConfig / RunConfig / TorchTrainer; all
-training happens here, identically on 1 or N workers, CPU (gloo) or GPU (NCCL, AMP).
+`train_loop_per_worker(config)` is what the driver (`pipelines/train.py`) hands TorchTrainer:
+it parses the config into a `TrainJob` and runs `train` with a `RayReporter` (metrics and
+checkpoints through `ray.train.report`, resume from `ray.train.get_checkpoint`). A plain
+process calls `train(job)` with a `LocalReporter`, which keeps checkpoints in a folder of the
+store; under `torchrun` the same code runs DDP. Nothing here imports Ray unless a
+`RayReporter` is used.
 
-Per epoch: P×K batches over the seen-class training split (each worker its slice of the
-global batch), then validation mAP and R@1 on the seen-class validation split (never on
-unseen classes), a checkpoint for fault tolerance, and the best model by validation mAP
-written as a bundle. A restarted worker group resumes from the last checkpoint.
+Per epoch: exact P×K batches over the seen-class training split, streamed from the shards
+(`components.training.data`: each worker its slice of the global batch, decoded and
+augmented in loader processes ahead of the step), then on rank 0 validation mAP and R@1 on
+the seen-class validation split (streamed through `components.inference`, never unseen
+classes), a checkpoint, and the best model by validation mAP written as a bundle. A
+restarted run resumes from the last checkpoint and sees the same batches it would have seen.
+
+The loop never asks a loss its name: `label_kind` says whether it trains on class or
+continuous labels, `needs_superclasses` whether it wants the dataset's superclasses, and
+`diagnostics()` (when a loss has it) is averaged per epoch into the metrics as `train_<name>`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import time
-from typing import Any
+from collections import defaultdict
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from components import constants as C
-from components.data.reader import load_split
+from components.data.sample_index import load_sample_index
 from components.data.versions import open_version
 from components.evaluation import classification_accuracy, retrieval_metrics
-from components.losses import build_loss, loss_class, transfer_classifier
+from components.inference import embed_split, load_bundle, make_bundle, model_from_bundle, save_bundle
+from components.losses import build_loss, loss_class, loss_params, transfer_classifier
+from components.losses.base import CONTINUOUS_LABELS
 from components.models import build_model
-from components.models.transforms import build_eval_transform, build_train_transform
 from components.storage import Store
-from components.training.checkpoint import load_bundle, make_bundle, save_bundle
+from components.training.config import LossSpec, TrainConfig, TrainJob
+from components.training.data import build_train_loader
 from components.training.module import TrainModule
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.sampler import PKBatchSampler
@@ -38,19 +53,103 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FAILED_MARKER = ".injected_failure_done"
 
 
+# --- reporting: where metrics and checkpoints go ---------------------------------------------
+
+class Reporter(Protocol):
+    def device(self, config: TrainConfig) -> torch.device: ...
+    def load_checkpoint(self) -> dict | None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: dict | None) -> None: ...
+
+
+def _local_device(config: TrainConfig) -> torch.device:
+    if config.use_gpu is not False and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+class LocalReporter:
+    """One plain process (or torchrun): checkpoints in `<folder>/checkpoint.pt` on the store,
+    metrics kept in `history` (and passed to `on_report` when given)."""
+
+    def __init__(self, folder_uri: str, on_report=None):
+        self.store, self.on_report, self.history = Store(folder_uri), on_report, []
+
+    def device(self, config: TrainConfig) -> torch.device:
+        return _local_device(config)
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.store.exists(CHECKPOINT_FILE):
+            return None
+        return torch.load(io.BytesIO(self.store.read_bytes(CHECKPOINT_FILE)), map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict[str, Any], checkpoint: dict | None) -> None:
+        if checkpoint is not None:
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            self.store.write_bytes(CHECKPOINT_FILE, buffer.getvalue())
+        self.history.append(dict(metrics))
+        if self.on_report:
+            self.on_report(metrics)
+
+
+class RayReporter:
+    """A Ray Train worker: `ray.train.report` with a checkpoint folder, `get_checkpoint` to resume."""
+
+    def device(self, config: TrainConfig) -> torch.device:
+        import ray.train.torch
+
+        if _distributed()[1] > 1 or torch.cuda.is_available():
+            return ray.train.torch.get_device()
+        return torch.device("cpu")
+
+    def load_checkpoint(self) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict[str, Any], checkpoint: dict | None) -> None:
+        import ray.train
+
+        if checkpoint is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(checkpoint, os.path.join(folder, CHECKPOINT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: `TrainJob.to_dict()` (or the driver's older loop dict) in."""
+    train(TrainJob.from_dict(config), RayReporter())
+
+
+# --- what the loss needs ---------------------------------------------------------------------
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def loss_arguments(loss_cfg: dict, num_classes: int, embedding_dim: int, superclass_of: list[int] | None) -> dict:
-    params = dict(loss_cfg.get("params") or {})
-    cls = loss_class(loss_cfg["name"])
+def needs_superclasses(name: str) -> bool:
+    """Whether a loss wants the dataset's superclasses: its `needs_superclasses` flag, or, for
+    losses that predate the flag, whether it accepts a `superclass_of` parameter."""
+    return bool(getattr(loss_class(name), "needs_superclasses", "superclass_of" in loss_params(name)))
+
+
+def loss_arguments(loss_cfg: LossSpec | dict, num_classes: int, embedding_dim: int,
+                   superclass_of: list[int] | None) -> dict:
+    spec = loss_cfg if isinstance(loss_cfg, LossSpec) else LossSpec(**loss_cfg)
+    params = dict(spec.params)
+    cls = loss_class(spec.name)
     if getattr(cls, "has_parameters", False):
         params.update(num_classes=num_classes, embedding_dim=embedding_dim)
-    # Hierarchical proxies: the dataset's superclasses when it has them and none are configured.
-    if loss_cfg["name"] == "hierarchical_proxy" and superclass_of and not ({"superclass_of", "num_coarse"} & set(params)):
+    # The dataset's superclasses, when it has them and none (nor a coarse count) are configured.
+    if needs_superclasses(spec.name) and superclass_of and not ({"superclass_of", "num_coarse"} & set(params)):
         params["superclass_of"] = superclass_of
     return params
 
@@ -64,11 +163,11 @@ def superclass_indices(manifest: dict, classes: list[str]) -> list[int] | None:
 
 
 def attribute_labels(metas: list[dict], names: list[str] | None) -> np.ndarray:
-    """Continuous labels (log-ratio loss) from the samples' attributes."""
+    """Continuous labels (e.g. the log-ratio loss) from the samples' attributes."""
     if not names and metas:
-        names = sorted(metas[0][C.ATTRIBUTES])
+        names = sorted(metas[0].get(C.ATTRIBUTES) or {})
     if not names:
-        raise ValueError("loss log_ratio needs continuous labels: the dataset's samples have no attributes "
+        raise ValueError("this loss needs continuous labels: the dataset's samples have no attributes "
                          "(set loss.attributes, e.g. [length_m, width_m], on a source that provides them)")
     try:
         return np.array([[float(m[C.ATTRIBUTES][n]) for n in names] for m in metas], dtype=np.float32)
@@ -76,35 +175,22 @@ def attribute_labels(metas: list[dict], names: list[str] | None) -> np.ndarray:
         raise ValueError(f"loss.attributes names {exc} but a sample lacks it; available: {sorted(metas[0][C.ATTRIBUTES])}") from None
 
 
-@torch.no_grad()
-def embed(model, images: np.ndarray, transform, device, batch_size: int = 512, taps=("embedding",)) -> dict[str, torch.Tensor]:
-    model.eval()
-    outputs: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
-    for start in range(0, len(images), batch_size):
-        batch = transform(torch.from_numpy(_nchw(images[start:start + batch_size]))).to(device)
-        for tap, value in model.extract(batch, taps=taps).items():
-            outputs[tap].append(value.float().cpu())
-    return {tap: torch.cat(values) if values else torch.zeros(0) for tap, values in outputs.items()}
+def build_sampler(labels: np.ndarray, continuous: np.ndarray | None, config: TrainConfig, rank: int, world: int):
+    """P×K batches over class labels; for continuous-label losses the neighbour sampler when
+    it is available (same interface), else P×K over the class labels."""
+    if continuous is not None:
+        try:
+            from components.training.label_sampler import LabelNeighbourBatchSampler
+        except ImportError:
+            pass
+        else:
+            return LabelNeighbourBatchSampler(continuous, config.classes_per_batch * config.images_per_class,
+                                              config.images_per_class, rank=rank, world_size=world, seed=config.seed)
+    return PKBatchSampler(labels, config.classes_per_batch, config.images_per_class, rank=rank, world_size=world,
+                          seed=config.seed, batches_per_epoch=config.batches_per_epoch)
 
 
-def _nchw(images: np.ndarray) -> np.ndarray:
-    return images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
-
-
-def validate(model, loss, val, transform, device) -> dict[str, float]:
-    if len(val.labels) < 2:
-        return {}
-    embeddings = embed(model, val.images, transform, device)["embedding"]
-    metrics = retrieval_metrics(embeddings, val.labels, ks=(1,))
-    result = {f"val_{C.METRIC_MAP}": metrics[C.METRIC_MAP], f"val_{C.recall_at(1)}": metrics[C.recall_at(1)]}
-    if hasattr(loss, "logits"):
-        with torch.no_grad():
-            logits = loss.logits(embeddings.to(device)).cpu()
-        result[f"val_{C.METRIC_ACCURACY}"] = classification_accuracy(logits, val.labels)
-    return result
-
-
-def init_from_bundle(model, loss, loss_name: str, uri: str) -> None:
+def init_from_bundle(model, loss, uri: str) -> None:
     """Fine-tuning: start from another run's model (and its classifier, for WARP from CE)."""
     bundle = load_bundle(uri)
     model.load_state_dict(bundle["model_state"])
@@ -114,115 +200,135 @@ def init_from_bundle(model, loss, loss_name: str, uri: str) -> None:
         transfer_classifier(source, loss)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
+def validate(model, loss, version, config: TrainConfig, device) -> dict[str, float]:
+    """Retrieval (and classifier accuracy) on the seen-class validation split, streamed."""
+    if version.num_samples(C.SPLIT_VAL) < 2:
+        return {}
+    val = embed_split(model, version, C.SPLIT_VAL, ("embedding",), batch_size=config.eval_batch_size, device=device,
+                      loader_workers=min(config.loader_workers, 1), with_metadata=False)
+    embeddings, labels = val.features["embedding"], val.label_indices
+    metrics = retrieval_metrics(embeddings, labels, ks=(1,))
+    result = {f"val_{C.METRIC_MAP}": metrics[C.METRIC_MAP], f"val_{C.recall_at(1)}": metrics[C.recall_at(1)]}
+    if hasattr(loss, "logits"):
+        with torch.no_grad():
+            logits = loss.logits(torch.from_numpy(embeddings).to(device)).cpu()
+        result[f"val_{C.METRIC_ACCURACY}"] = classification_accuracy(logits, labels)
+    return result
 
+
+# --- the loop --------------------------------------------------------------------------------
+
+def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train one run; returns rank 0's last metrics (each rank its own)."""
+    cfg = job.train
+    reporter = reporter or LocalReporter(job.checkpoint_uri or f"{job.output_uri.rstrip('/')}/checkpoints")
     rank, world = _distributed()
-    train_cfg, model_cfg, loss_cfg = config["train"], config["model"], config["loss"]
-    device = ray.train.torch.get_device() if world > 1 or torch.cuda.is_available() else torch.device("cpu")
-    torch.manual_seed(train_cfg["seed"])
-    if device.type == "cpu" and config.get("threads_per_worker"):
-        torch.set_num_threads(config["threads_per_worker"])
+    device = reporter.device(cfg)
+    # Ray limits a worker to one thread per reserved CPU; the config decides instead.
+    torch.set_num_threads(cfg.compute_threads())
+    torch.manual_seed(cfg.seed)
 
-    version = open_version(config["dataset"])
-    train = load_split(version, C.SPLIT_TRAIN)
-    val = load_split(version, C.SPLIT_VAL) if rank == 0 else None
+    version = open_version(job.dataset)
+    cls = loss_class(job.loss.name)
+    continuous_kind = cls.label_kind == CONTINUOUS_LABELS
+    index = load_sample_index(version, C.SPLIT_TRAIN, metas=continuous_kind)
+    classes = index.classes
     image = version.manifest["image"]
-    model = build_model(**model_cfg, in_channels=image["channels"], image_size=image["size"] or 32)
-    superclasses = superclass_indices(version.manifest, train.classes)
-    loss_params = loss_arguments(loss_cfg, len(train.classes), model.embedding_dim, superclasses)
-    loss = build_loss(loss_cfg["name"], **loss_params)
-    labels = (torch.from_numpy(attribute_labels(train.metas, loss_cfg.get("attributes")))
-              if loss_cfg["name"] == "log_ratio" else torch.from_numpy(train.labels))
-    if train_cfg.get("init_from"):
-        init_from_bundle(model, loss, loss_cfg["name"], train_cfg["init_from"])
-    if train_cfg.get("freeze_backbone"):
+    model = build_model(**job.model, in_channels=image["channels"], image_size=image["size"] or 32)
+    superclasses = superclass_indices(version.manifest, classes) if needs_superclasses(job.loss.name) else None
+    params = loss_arguments(job.loss, len(classes), model.embedding_dim, superclasses)
+    loss = build_loss(job.loss.name, **params)
+    continuous = attribute_labels(index.metas, job.loss.attributes) if continuous_kind else None
+    index.metas = None   # only the labels were needed: free the parsed metadata
+    labels = torch.from_numpy(continuous if continuous is not None else index.labels)
+    if cfg.init_from:
+        init_from_bundle(model, loss, cfg.init_from)
+    if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
 
-    module = TrainModule(model, loss).to(device)
+    use_amp = device.type == "cuda" and cfg.amp
+    module = TrainModule(model, loss, autocast_dtype=torch.bfloat16 if use_amp else None).to(device)
     if world > 1:
         module = convert_batchnorm(module, device)
         module = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(train_cfg.get("freeze_backbone")))
+            find_unused_parameters=cfg.freeze_backbone)
     inner = module.module if world > 1 else module
-    sampler = PKBatchSampler(train.labels, train_cfg["classes_per_batch"], train_cfg["images_per_class"],
-                             rank=rank, world_size=world, seed=train_cfg["seed"],
-                             batches_per_epoch=train_cfg.get("batches_per_epoch"))
-    optimizer = build_optimizer(inner.model, inner.loss, train_cfg["optimizer"], train_cfg["lr"],
-                                train_cfg["weight_decay"], train_cfg["loss_lr_multiplier"])
-    total_steps = train_cfg["epochs"] * len(sampler)
-    scheduler = build_scheduler(optimizer, total_steps, int(train_cfg["warmup_epochs"] * len(sampler)))
-    augment = build_train_transform(rotation=train_cfg["rotation"]) if train_cfg["augment"] else build_eval_transform()
-    evaluate_transform = build_eval_transform()
-    use_amp = device.type == "cuda" and train_cfg.get("amp", True)
+    sampler = build_sampler(index.labels, continuous, cfg, rank, world)
+    loader, requests, device_augment = build_train_loader(version.store.uri, index, sampler, cfg, rank, device)
+    optimizer = build_optimizer(inner.model, inner.loss, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.loss_lr_multiplier)
+    scheduler = build_scheduler(optimizer, cfg.epochs * len(sampler), int(cfg.warmup_epochs * len(sampler)))
 
     state = {"epoch": 0, "best": -1.0, "train_seconds": 0.0, "resumed_from": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+    saved = reporter.load_checkpoint()
+    if saved:
         inner.model.load_state_dict(saved["model"])
         inner.loss.load_state_dict(saved["loss"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "resumed_from": saved["state"]["epoch"]}
 
-    logger = _Rank0Logger(config) if rank == 0 else None
-    for epoch in range(state["epoch"], train_cfg["epochs"]):
+    logger = _Rank0Logger(job) if rank == 0 else None
+    metrics: dict[str, Any] = {}
+    for epoch in range(state["epoch"], cfg.epochs):
         started = time.time()
         module.train()
-        sampler.set_epoch(epoch)
-        losses = []
-        for indices in sampler:
-            images = augment(torch.from_numpy(_nchw(train.images[indices]))).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                value = module(images, labels[indices].to(device))
+        requests.set_epoch(epoch)
+        losses, diagnostics, images_seen = [], defaultdict(list), 0
+        for batch in loader:
+            images = batch["images"].to(device, non_blocking=True)
+            if device_augment is not None:
+                images = device_augment(images, batch["epoch"], batch["step"])
+            value = module(images, labels[batch["positions"]].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
             scheduler.step()
             losses.append(value.item())
-            _maybe_inject_failure(config, epoch, rank, world)
-        state["train_seconds"] += time.time() - started
+            images_seen += len(batch["positions"])
+            for name, number in (_diagnostics(inner.loss) or {}).items():
+                diagnostics[name].append(float(number))
+            _maybe_inject_failure(job, epoch, rank, world)
+        seconds = time.time() - started
+        state["train_seconds"] += seconds
         state["epoch"] = epoch + 1
 
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_seconds": state["train_seconds"],
-                   "resumed_from_epoch": -1 if state["resumed_from"] is None else state["resumed_from"]}
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "train_seconds": state["train_seconds"], "train_images_per_second": images_seen * world / max(seconds, 1e-9),
+                   "resumed_from_epoch": -1 if state["resumed_from"] is None else state["resumed_from"],
+                   **{f"train_{name}": float(np.mean(values)) for name, values in diagnostics.items()}}
+        checkpoint = None
         if rank == 0:
-            metrics.update(validate(inner.model, inner.loss, val, evaluate_transform, device))
+            metrics.update(validate(inner.model, inner.loss, version, cfg, device))
             score = metrics.get(f"val_{C.METRIC_MAP}", -metrics["train_loss"])
             metrics["is_best"] = float(score > state["best"])
             if score > state["best"]:
                 state["best"] = score
-                save_bundle(make_bundle(inner.model, inner.loss, loss_cfg["name"], loss_params, train.classes,
-                                        config["dataset"], metrics, epoch + 1), config["output_uri"])
+                save_bundle(make_bundle(inner.model, inner.loss, job.loss.name, params, classes, job.dataset,
+                                        metrics, epoch + 1), job.output_uri)
             metrics["best_val_mAP"] = state["best"]
             logger.log_metrics(metrics, step=epoch + 1)
-        _report(metrics, rank, inner, optimizer, scheduler, state)
+            checkpoint = {"model": inner.model.state_dict(), "loss": inner.loss.state_dict(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state)}
+        reporter.report(metrics, checkpoint)
 
+    del loader   # ends the persistent loader processes now, not at garbage collection
     if rank == 0:
-        logger.finish(config["output_uri"])
+        logger.finish(job.output_uri)
+    return metrics
 
 
-def _report(metrics, rank, inner, optimizer, scheduler, state) -> None:
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save({"model": inner.model.state_dict(), "loss": inner.loss.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, os.path.join(folder, CHECKPOINT_FILE))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+def _diagnostics(loss) -> dict[str, float] | None:
+    method = getattr(loss, "diagnostics", None)
+    return method() if callable(method) else None
 
 
-def _maybe_inject_failure(config: dict, epoch: int, rank: int, world: int) -> None:
+def _maybe_inject_failure(job: TrainJob, epoch: int, rank: int, world: int) -> None:
     """Test hook: kill one worker process once, during epoch `train.fail_at_epoch` (0-based)."""
-    fail_at = config["train"].get("fail_at_epoch")
+    fail_at = job.train.fail_at_epoch
     if fail_at is None or epoch != fail_at or rank != world - 1:
         return
-    store = Store(config["output_uri"])
+    store = Store(job.output_uri)
     if store.exists(FAILED_MARKER):
         return
     store.write_bytes(FAILED_MARKER, b"1")
@@ -232,20 +338,17 @@ def _maybe_inject_failure(config: dict, epoch: int, rank: int, world: int) -> No
 class _Rank0Logger:
     """MLflow logging from rank 0 (no-op when the run has no tracking settings)."""
 
-    def __init__(self, config: dict):
-        from components.tracking import RunLogger
+    def __init__(self, job: TrainJob):
+        self.logger = None
+        if job.tracking.run_id:
+            from components.tracking import RunLogger
 
-        tracking = config.get("tracking") or {}
-        self.logger = RunLogger(tracking["uri"], tracking["run_id"]) if tracking.get("run_id") else None
+            self.logger = RunLogger(job.tracking.uri, job.tracking.run_id)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.logger:
             self.logger.log_metrics(metrics, step=step)
 
     def finish(self, output_uri: str) -> None:
-        if not self.logger:
-            return
-        from components.training.checkpoint import model_from_bundle
-
-        self.logger.log_torch_model(model_from_bundle(load_bundle(output_uri)))
-
+        if self.logger:
+            self.logger.log_torch_model(model_from_bundle(load_bundle(output_uri)))

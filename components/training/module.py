@@ -8,6 +8,12 @@ differentiable collective before the loss. Each rank then computes the loss of t
 global batch; the all-gather's backward sums every rank's gradient into the rank that
 owns the embedding (W times the true gradient), and DDP's average divides by W again: the
 parameter gradients equal those of one worker on the same global batch.
+
+Mixed precision: only the network runs under autocast (`autocast_dtype`, bfloat16 on GPU).
+The loss (and its proxies / classifier) runs in float32 *outside* autocast: a `.float()`
+inside an autocast region does not help, since autocast re-casts the loss's matmuls to
+bfloat16, and Proxy-Anchor's α=32 exponentials turn that rounding into percent-level
+gradient errors.
 """
 
 from __future__ import annotations
@@ -31,12 +37,16 @@ def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 
 
 class TrainModule(nn.Module):
-    def __init__(self, model: nn.Module, loss: nn.Module, gather: bool = True):
+    def __init__(self, model: nn.Module, loss: nn.Module, gather: bool = True, autocast_dtype: torch.dtype | None = None):
         super().__init__()
-        self.model, self.loss, self.gather = model, loss, gather
+        self.model, self.loss, self.gather, self.autocast_dtype = model, loss, gather, autocast_dtype
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        embeddings = self.model(images)
-        if self.gather:
-            embeddings, labels = gather_batch(embeddings, labels)
-        return self.loss(embeddings.float(), labels)
+        device_type = images.device.type
+        with torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            embeddings = self.model(images)
+        with torch.autocast(device_type, enabled=False):
+            embeddings = embeddings.float()
+            if self.gather:
+                embeddings, labels = gather_batch(embeddings, labels)
+            return self.loss(embeddings, labels)

@@ -1,0 +1,163 @@
+"""The sample index of a dataset version: where every sample's chip lies inside the shard tars.
+
+`datasets/<name>/<version>/samples.parquet`, next to the manifest, has one row per sample:
+key, split, shard, byte offset and size of the chip member in that tar, the member suffix
+(png / npy), the class name and its index in the split's class list, and the sample's .json
+metadata (role, superclass, attributes). With it a reader fetches any sample by one ranged
+read (`components.data.reader.ChipReader`), so a sampler that only needs labels (P×K) can
+drive training without any worker holding a split in memory.
+
+Why an index and not Ray Data streaming: P×K batches need random access by class; a stream
+needs a class-aware shuffle buffer whose size grows with the number of classes × K and
+still cannot guarantee exact P×K batches. The index costs one pass over the tar headers.
+
+`write_sample_index` scans each shard once (tar headers give member offsets; only the small
+.json members are read), writes the table atomically (temp name, then rename, as every
+store write) and does nothing when the file is already there: the index is a pure function
+of the version's shards, which are content-addressed. Ingest calls it after publishing a
+version; training calls it when a version predates the index.
+
+The numeric columns a training worker loads cost ~24 bytes per sample (1 M chips: 24 MB);
+keys and metadata are read only where they are needed (validation, evaluation, indexing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components import constants as C
+from components.data.versions import DatasetVersion, manifest_path
+
+SAMPLE_INDEX_FILENAME = "samples.parquet"
+INDEX_FORMAT = "1"
+
+# Column names (written by this module, read by reader / inference / training).
+COL_KEY, COL_SPLIT, COL_SHARD, COL_OFFSET, COL_SIZE = "key", "split", "shard", "offset", "size"
+COL_MEMBER, COL_LABEL, COL_LABEL_INDEX, COL_META = "member", "label", "label_index", "meta"
+NUMERIC_COLUMNS = (COL_SHARD, COL_OFFSET, COL_SIZE, COL_LABEL_INDEX)
+
+SCHEMA = pa.schema([
+    (COL_KEY, pa.string()), (COL_SPLIT, pa.string()), (COL_SHARD, pa.string()), (COL_OFFSET, pa.int64()),
+    (COL_SIZE, pa.int64()), (COL_MEMBER, pa.string()), (COL_LABEL, pa.string()), (COL_LABEL_INDEX, pa.int32()),
+    (COL_META, pa.string()),
+])
+
+# WebDataset's grouping rule (webdataset.tariterators.base_plus_ext): key = path up to the
+# first dot of the file name, suffix = the rest.
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def sample_index_path(version: DatasetVersion) -> str:
+    """Path of the index relative to the version's store root."""
+    return posixpath.join(posixpath.dirname(manifest_path(version.dataset, version.version)), SAMPLE_INDEX_FILENAME)
+
+
+def scan_shard(version: DatasetVersion, shard: dict) -> list[dict]:
+    """One row per sample of a shard, from one sequential pass over its tar."""
+    rows: dict[str, dict] = {}
+    with version.store.open_input(shard["name"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            match = _MEMBER_NAME.match(member.name)
+            if not match:
+                continue
+            key, suffix = match.groups()
+            row = rows.setdefault(key, {COL_KEY: key, COL_SHARD: shard["name"]})
+            if suffix in C.WDS_CHIP_MEMBERS:
+                row.update({COL_OFFSET: member.offset_data, COL_SIZE: member.size, COL_MEMBER: suffix})
+            elif suffix == C.WDS_META:
+                row[COL_META] = tar.extractfile(member).read().decode("utf-8")
+    incomplete = [key for key, row in rows.items() if COL_OFFSET not in row or COL_META not in row]
+    if incomplete:
+        raise ValueError(f"shard {shard['name']}: sample(s) {incomplete[:3]} lack a chip ({list(C.WDS_CHIP_MEMBERS)}) "
+                         f"or {C.WDS_META} member; re-ingest the dataset")
+    if len(rows) != shard.get("count", len(rows)):
+        raise ValueError(f"shard {shard['name']} holds {len(rows)} samples, the manifest says {shard['count']}: "
+                         "the shard does not belong to this manifest")
+    return list(rows.values())
+
+
+def build_sample_index(version: DatasetVersion) -> pa.Table:
+    """The index table of a version (rows ordered by split, then key)."""
+    class_index = {split: {name: i for i, name in enumerate(version.classes(split))} for split in C.SPLITS}
+    rows = []
+    for shard in sorted(version.manifest["shards"], key=lambda s: s["name"]):
+        for row in scan_shard(version, shard):
+            meta = json.loads(row[COL_META])
+            split = shard["split"]
+            label = meta[C.LABEL]
+            if label not in class_index[split]:
+                raise ValueError(f"sample {row[COL_KEY]} in {shard['name']} has label {label!r}, which is not a "
+                                 f"class of split {split!r} in the manifest")
+            rows.append({**row, COL_SPLIT: split, COL_LABEL: label, COL_LABEL_INDEX: class_index[split][label]})
+    rows.sort(key=lambda r: (C.SPLITS.index(r[COL_SPLIT]), r[COL_KEY]))
+    columns = {name: [r[name] for r in rows] for name in SCHEMA.names}
+    metadata = {b"chipmatch.index_format": INDEX_FORMAT.encode(), b"chipmatch.version": version.version.encode()}
+    return pa.table(columns, schema=SCHEMA.with_metadata(metadata))
+
+
+def write_sample_index(version: DatasetVersion) -> str:
+    """Write the version's sample index if it is not there yet; returns its URI."""
+    relative = sample_index_path(version)
+    if not version.store.exists(relative):
+        buffer = io.BytesIO()
+        pq.write_table(build_sample_index(version), buffer, compression="zstd")
+        version.store.write_bytes(relative, buffer.getvalue())
+    return version.store.uri_of(relative)
+
+
+@dataclass
+class SampleIndex:
+    """The rows of one split, in key order. Numeric columns are numpy arrays; keys and
+    metadata are loaded only when asked for (they dominate the index's size)."""
+
+    split: str
+    classes: list[str]            # label_index -> class name
+    shards: list[str]             # shard_ids -> shard name
+    shard_ids: np.ndarray         # int32 [N]
+    offsets: np.ndarray           # int64 [N]
+    sizes: np.ndarray             # int64 [N]
+    labels: np.ndarray            # int64 [N], indexes into `classes`
+    keys: list[str] | None = None
+    metas: list[dict] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_sample_index(version: DatasetVersion, split: str, *, keys: bool = False, metas: bool = False,
+                      create: bool = True) -> SampleIndex:
+    """One split of the version's index (written first when missing and `create`)."""
+    if split not in C.SPLITS:
+        raise ValueError(f"split {split!r} is unknown; valid choices: {list(C.SPLITS)}")
+    relative = sample_index_path(version)
+    if not version.store.exists(relative):
+        if not create:
+            raise FileNotFoundError(f"{version.store.uri_of(relative)} is missing: run write_sample_index(version)")
+        write_sample_index(version)
+    columns: Sequence[str] = list(NUMERIC_COLUMNS) + ([COL_KEY] if keys else []) + ([COL_META] if metas else [])
+    with version.store.fs.open_input_file(version.store.path(relative)) as source:
+        table = pq.read_table(source, columns=list(columns), filters=[(COL_SPLIT, "=", split)])
+    shard_column = table.column(COL_SHARD).combine_chunks().dictionary_encode()
+    return SampleIndex(
+        split=split,
+        classes=version.classes(split),
+        shards=shard_column.dictionary.to_pylist(),
+        shard_ids=shard_column.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+        offsets=table.column(COL_OFFSET).to_numpy().astype(np.int64),
+        sizes=table.column(COL_SIZE).to_numpy().astype(np.int64),
+        labels=table.column(COL_LABEL_INDEX).to_numpy().astype(np.int64),
+        keys=table.column(COL_KEY).to_pylist() if keys else None,
+        metas=[json.loads(m) for m in table.column(COL_META).to_pylist()] if metas else None,
+    )

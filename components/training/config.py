@@ -1,0 +1,125 @@
+"""The typed settings of one training run: `TrainConfig` (the `train:` section) and `TrainJob`.
+
+`TrainConfig` is the schema of the `train:` config section; `pipelines/config.py` composes it
+(field names and defaults are the ones configs have always used). `TrainJob` is everything
+the workers of one run need (dataset, output, model, loss, train settings, tracking); it
+crosses the Ray boundary as a plain dict (`to_dict` / `from_dict`), and `from_dict` also
+accepts the untyped dict the train driver passed before this module existed.
+
+How the cores of one training worker are used (see `compute_threads` / `cpus_needed`):
+`threads_per_worker` torch threads run forward/backward, and `loader_workers` processes read,
+decode, augment and assemble the next batches ahead of the step. A driver reserves
+`cpus_needed()` CPUs per worker so that the reservation matches what the worker uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    classes_per_batch: int = Field(16, ge=1)      # P
+    images_per_class: int = Field(4, ge=1)        # K
+    batches_per_epoch: int | None = Field(None, ge=1)   # default: the sampler's epoch length
+    lr: float = Field(1e-3, gt=0)
+    loss_lr_multiplier: float = Field(1.0, gt=0)  # proxies / classifier weights
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(0.0, ge=0)
+    augment: bool = True
+    rotation: Literal["any", "right", "none"] = "any"
+    seed: int = 0
+    amp: bool = True                              # backbone under bfloat16 autocast on GPU; the loss in float32
+    init_from: str | None = None                  # a run name of this config's `runs`, or a model URI
+    freeze_backbone: bool = False
+    num_workers: int = Field(1, ge=1)             # Ray Train workers (DDP)
+    use_gpu: bool | None = None                   # None: when the cluster has GPUs
+    cpus_per_worker: float = Field(1.0, gt=0)     # CPUs Ray reserves per worker (see cpus_needed)
+    threads_per_worker: int | None = Field(None, ge=1)   # torch threads; None: see compute_threads
+    max_failures: int = Field(1, ge=0)            # worker-group restarts from the last checkpoint
+    fail_at_epoch: int | None = None              # test hook: kill one worker once at this epoch
+    dataset: str | None = None                    # manifest URI (default: the latest ingested version)
+    # --- input pipeline (per training worker) ---------------------------------------------
+    # Loader processes that read, decode, augment and batch ahead of the step (0: in the
+    # training process). One suits 32×32 chips on 2 cores; large chips or GPUs want more.
+    loader_workers: int = Field(1, ge=0)
+    prefetch_batches: int = Field(2, ge=1)        # batches each loader process keeps ready
+    cache_mb: float = Field(64.0, ge=0)           # decoded-chip LRU per loader process (bounds memory)
+    eval_batch_size: int = Field(256, ge=1)       # validation embedding batch
+
+    def compute_threads(self) -> int:
+        """torch threads of one worker: `threads_per_worker`, else the reserved CPUs left after
+        the loader processes (at least one)."""
+        if self.threads_per_worker is not None:
+            return self.threads_per_worker
+        return max(1, math.floor(self.cpus_per_worker) - self.loader_workers)
+
+    def cpus_needed(self) -> float:
+        """CPUs one worker keeps busy: its compute threads plus its loader processes. A driver
+        should reserve max(cpus_per_worker, cpus_needed()) per worker."""
+        return float(self.compute_threads() + self.loader_workers)
+
+
+class LossSpec(_Section):
+    name: str
+    params: dict[str, Any] = {}
+    attributes: list[str] | None = None           # continuous-label losses: which attributes (default: all)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from components.losses import available_losses
+
+        if name not in available_losses():
+            raise ValueError(f"unknown loss {name!r}; valid choices: {available_losses()}")
+        return name
+
+
+class TrackingSpec(_Section):
+    uri: str | None = None
+    run_id: str | None = None                     # rank 0 logs metrics and the model to this MLflow run
+
+
+class TrainJob(_Section):
+    """One training run as its workers see it."""
+
+    dataset: str                                  # manifest URI of the dataset version
+    output_uri: str                               # folder of the model bundle
+    model: dict[str, Any]                         # build_model arguments (backbone, embedding_dim, ...)
+    loss: LossSpec
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingSpec = TrackingSpec()
+    checkpoint_uri: str | None = None             # single-process runs: default <output_uri>/checkpoints
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able dict (what Ray ships to the workers)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainJob":
+        """Parse `to_dict`'s output, or the loop config of the train driver: the same keys plus
+        a top-level `threads_per_worker` (moved into `train`) and the train section's name in
+        `train.dataset` (the run's `dataset` wins)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a training job must be a dict (TrainJob.to_dict()), got {type(data).__name__}")
+        data = dict(data)
+        threads = data.pop("threads_per_worker", None)
+        train = dict(data.get("train") or {})
+        if threads is not None and train.get("threads_per_worker") is None:
+            train["threads_per_worker"] = threads
+        data["train"] = train
+        if "dataset" not in data and train.get("dataset"):
+            data["dataset"] = train["dataset"]
+        missing = [key for key in ("dataset", "output_uri", "model", "loss") if key not in data]
+        if missing:
+            raise ValueError(f"training job is missing {missing}; expected keys dataset, output_uri, model, loss "
+                             "(and optionally train, tracking, checkpoint_uri)")
+        return cls.model_validate(data)

@@ -1,0 +1,127 @@
+"""Training input: exact P×K batches streamed from the shards, assembled ahead of the step.
+
+The batch sampler (`PKBatchSampler`, or a continuous-label sampler with the same interface)
+only needs the labels of the sample index; `BatchRequests` turns its index arrays into
+requests `(epoch, step, positions)`, and a DataLoader hands each request to one of
+`loader_workers` processes, where `TrainBatches.__getitems__` reads and decodes the chips
+(`IndexedSplit`: ranged reads, bounded decoded-chip cache), converts them to NCHW and, on a
+CPU run, augments and normalises the whole batch. The training process only moves a ready
+tensor to its device. On a GPU run the loader stops at uint8 tensors (4× less to copy) and
+`BatchAugment` runs on the GPU after the transfer (batched `grid_sample` suits it).
+
+Randomness: a batch's augmentation draws from a generator seeded by (seed, rank, epoch,
+step), never from the global RNG. So ranks augment differently, and a batch's pixels do not
+depend on which loader process built it, on the number of loader processes, or on whether
+training resumed from a checkpoint: a loader started at (epoch, step) yields exactly the
+batches an uninterrupted run yields there. The sampler's batches are a function of (seed,
+epoch) and the rank's slice of them.
+
+Memory per training worker: the index's numeric columns (~24 bytes per sample), the
+sampler's per-class position arrays, `prefetch_batches` batches per loader process and each
+loader's decoded-chip cache (`cache_mb`); nothing grows with the pixels of the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils.data as tud
+
+from components.data.reader import IndexedSplit, keep_batch, loader_worker_init
+from components.data.sample_index import SampleIndex
+from components.models.transforms import ChipTransform, batch_to_tensor, build_eval_transform, build_train_transform
+from components.training.config import TrainConfig
+
+
+def batch_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """A 63-bit seed for one batch of one rank (SeedSequence mixes the four numbers)."""
+    return int(np.random.SeedSequence([seed, rank, epoch, step]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    epoch: int
+    step: int
+    positions: np.ndarray      # rows of the split's sample index
+
+
+class BatchRequests:
+    """A DataLoader `batch_sampler`: the sampler's batches of one epoch as `BatchRequest`s,
+    optionally starting at `start_step` (the earlier batches are drawn but not loaded)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.start_step = sampler, 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start_step)
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        for step, positions in enumerate(self.sampler):
+            if step >= self.start_step:
+                yield BatchRequest(self.epoch, step, np.asarray(positions, dtype=np.int64))
+
+
+class BatchAugment:
+    """The training transform of one batch, with that batch's own generator (see module doc)."""
+
+    def __init__(self, transform: ChipTransform, seed: int, rank: int):
+        self.transform, self.seed, self.rank = transform, seed, rank
+
+    def __call__(self, images: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed(batch_seed(self.seed, self.rank, epoch, step))
+        return self.transform(images, generator=generator)
+
+
+class TrainBatches(tud.Dataset):
+    """Map-style dataset whose batched fetch builds a whole training batch in a loader process.
+
+    Returns {"images": float [B, C, H, W] (augmented + normalised) or uint8 when
+    `augment` is None (the step augments on its device), "positions": int64 [B],
+    "epoch", "step"}."""
+
+    def __init__(self, chips: IndexedSplit, augment: BatchAugment | None):
+        super().__init__()
+        self.chips, self.augment = chips, augment
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        return self.chips[position]
+
+    def __getitems__(self, request: BatchRequest) -> dict:
+        images = self.chips.read_batch(request.positions)
+        if self.augment is None:
+            nchw = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
+            tensor = torch.from_numpy(np.ascontiguousarray(nchw))
+        else:
+            tensor = self.augment(batch_to_tensor(images), request.epoch, request.step)
+        return {"images": tensor, "positions": torch.from_numpy(request.positions),
+                "epoch": request.epoch, "step": request.step}
+
+
+def train_transform(config: TrainConfig) -> ChipTransform:
+    return build_train_transform(rotation=config.rotation) if config.augment else build_eval_transform()
+
+
+def build_train_loader(root_uri: str, index: SampleIndex, sampler, config: TrainConfig, rank: int,
+                       device: torch.device) -> tuple[tud.DataLoader, BatchRequests, BatchAugment | None]:
+    """(loader, its request sampler, the augmentation the step must apply on `device` or None)."""
+    augment = BatchAugment(train_transform(config), config.seed, rank)
+    on_device = device.type == "cuda"
+    chips = IndexedSplit(root_uri, index, cache_bytes=int(config.cache_mb * 2**20))
+    requests = BatchRequests(sampler)
+    workers = config.loader_workers
+    extra = ({"prefetch_factor": config.prefetch_batches, "persistent_workers": True,
+              "worker_init_fn": loader_worker_init} if workers else {})
+    loader = tud.DataLoader(TrainBatches(chips, None if on_device else augment), batch_sampler=requests,
+                            num_workers=workers, collate_fn=keep_batch, pin_memory=on_device, **extra)
+    return loader, requests, augment if on_device else None
