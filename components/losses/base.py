@@ -1,16 +1,31 @@
 """Base classes of every chipmatch loss.
 
-The base class owns ``forward`` and the input checks; a subclass only writes ``compute_loss``
-(the maths). Every loss is called the same way, ``loss(embeddings, labels)``, and returns a
-scalar tensor that stays connected to the autograd graph even when a batch holds no usable
-pair (so ``loss.backward()`` never fails on an unlucky batch).
+The base class owns ``forward``, the input checks, what a loss declares about itself and its
+diagnostics; a subclass only writes ``compute_loss`` (the maths). Every loss is called the same
+way, ``loss(embeddings, labels)``, and returns a scalar tensor that stays connected to the
+autograd graph even when a batch holds no usable pair (so ``loss.backward()`` never fails on an
+unlucky batch).
+
+What a loss declares (class attributes, so a caller asks the class, never its name):
+``label_kind`` (class indices or continuous attributes), ``has_parameters`` (proxies or class
+weights for the optimiser), ``needs_superclasses`` (it takes the dataset's superclasses when
+given: see :meth:`MetricLoss.data_arguments`).
+
+Diagnostics: ``loss.diagnostics()`` → ``{name: float}`` about the last forward (mined and
+active pairs or triplets) and the loss's own tensors (proxy and class-weight statistics), for
+the training loop to log. A subclass records per-forward values with
+:meth:`MetricLoss.record` from tensors it has anyway (detached, no host sync in the step: the
+floats are read only when ``diagnostics()`` is called) and computes tensor statistics on demand
+in :meth:`MetricLoss.parameter_diagnostics`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CLASS_LABELS = "class"            # LongTensor [B] of class indices
@@ -54,6 +69,9 @@ class MetricLoss(nn.Module):
     has_parameters: ClassVar[bool] = False
     #: ``CLASS_LABELS`` or ``CONTINUOUS_LABELS``.
     label_kind: ClassVar[str] = CLASS_LABELS
+    #: True when the loss can use the dataset's superclasses (fine class → coarse class):
+    #: :meth:`data_arguments` then passes them, unless the config chose its own hierarchy.
+    needs_superclasses: ClassVar[bool] = False
     #: Set by losses that own per-class tensors; labels must then lie in [0, num_classes).
     num_classes: int | None = None
     #: Set by losses that own tensors of the embedding width.
@@ -65,10 +83,58 @@ class MetricLoss(nn.Module):
             self.check_continuous_labels(labels, len(embeddings))
         else:
             self.check_class_labels(labels, len(embeddings))
+        self._recorded = {}  # nothing from an earlier batch survives this one
         return self.compute_loss(embeddings, labels)
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- what the loss needs from the data and the config --------------------------------
+    @classmethod
+    def data_arguments(
+        cls,
+        params: Mapping,
+        *,
+        num_classes: int,
+        embedding_dim: int,
+        superclass_of: list[int] | None = None,
+    ) -> dict:
+        """The constructor arguments: the config's ``params`` plus what comes from the data
+        (``num_classes`` and ``embedding_dim`` for losses with parameters). A loss with
+        ``needs_superclasses`` overrides this to add the dataset's superclasses."""
+        arguments = dict(params)
+        if cls.has_parameters:
+            arguments.update(num_classes=num_classes, embedding_dim=embedding_dim)
+        return arguments
+
+    @classmethod
+    def check_param_names(cls, params: Mapping, what: str) -> None:
+        """Check the names inside nested parameters (a miner spec, base-loss parameters)
+        without building anything; ValueError naming the key. Top-level names are checked
+        against the signature by ``components.losses.check_loss_params``."""
+
+    # --- diagnostics ----------------------------------------------------------------------
+    def record(self, **values) -> None:
+        """Keep per-forward diagnostics: tensors (detached here) or plain numbers."""
+        self._recorded = {
+            **getattr(self, "_recorded", {}),
+            **{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()},
+        }
+
+    def parameter_diagnostics(self) -> dict[str, torch.Tensor | float]:
+        """Statistics of the loss's own tensors, computed when asked (not in every step)."""
+        return {}
+
+    def diagnostics(self) -> dict[str, float]:
+        """``{name: float}`` about the last forward and the loss's tensors; {} if none."""
+        with torch.no_grad():
+            values = {**getattr(self, "_recorded", {}), **self.parameter_diagnostics()}
+            tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+            if tensors:  # one host transfer for all of them
+                device = next(iter(tensors.values())).device
+                stacked = torch.stack([t.to(device, torch.float64).reshape(()) for t in tensors.values()])
+                values.update(zip(tensors, stacked.tolist()))
+        return {k: float(v) for k, v in values.items()}
 
     # --- input checks (ValueError/TypeError naming what is wrong, never assert) ----------
     def check_embeddings(self, embeddings) -> None:
@@ -129,3 +195,30 @@ class ParametricLoss(MetricLoss):
         super().__init__()
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+
+
+def vector_statistics(vectors: torch.Tensor, prefix: str, block: int = 4096) -> dict[str, torch.Tensor]:
+    """Norms and pairwise cosines of the rows of ``vectors`` [N, D] (proxies, class weights):
+    ``<prefix>_norm_mean``, ``<prefix>_norm_min``, ``<prefix>_cosine_mean`` (over pairs i ≠ j) and
+    ``<prefix>_cosine_max`` (the two closest rows: proxies collapsing onto each other).
+
+    The mean needs no [N, N] matrix, ``Σ_{i≠j} cos_ij = ‖Σ_i v̂_i‖² - N``; the max is taken
+    ``block`` rows at a time, so memory stays [block, N] for many classes.
+    """
+    with torch.no_grad():
+        vectors = vectors.detach().float()
+        norms = vectors.norm(dim=1)
+        stats = {f"{prefix}_norm_mean": norms.mean(), f"{prefix}_norm_min": norms.min()}
+        count = len(vectors)
+        if count < 2:
+            return stats
+        unit = F.normalize(vectors, dim=1)
+        stats[f"{prefix}_cosine_mean"] = (unit.sum(dim=0).pow(2).sum() - count) / (count * (count - 1))
+        best = []
+        for start in range(0, count, block):
+            cos = unit[start:start + block] @ unit.t()
+            rows = torch.arange(start, min(start + block, count), device=cos.device)
+            cos[rows - start, rows] = -2.0  # not a row with itself
+            best.append(cos.max())
+        stats[f"{prefix}_cosine_max"] = torch.stack(best).max()
+        return stats

@@ -13,18 +13,23 @@ coarse level; each level clusters the one below, so the hierarchy is nested). K-
 construction and again every ``reassign_every`` (T) training iterations (forward calls in
 training mode), which re-assigns the samples' coarse labels; at that moment each coarse proxy
 equals its k-means centroid. The current groups are buffers, so a checkpoint restores them.
+
+``needs_superclasses``: given the dataset's superclasses, :meth:`data_arguments` uses them as
+``superclass_of`` unless the config set ``superclass_of`` or ``num_coarse`` itself.
+Diagnostics: the ``proxy_*`` statistics of the fine proxies (computed when asked),
+``coarse_groups`` (groups of the first coarse level) and ``reassignments`` (k-means re-runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ParametricLoss, check_choice, check_positive_float, check_positive_int
+from .base import ParametricLoss, check_choice, check_positive_float, check_positive_int, vector_statistics
 from .proxy import init_proxy_anchor_proxies, proxy_anchor_loss, proxy_nca_loss
 
 BASE_LOSSES = {
@@ -48,6 +53,8 @@ def compact(assignment: np.ndarray) -> np.ndarray:
 
 
 class HierarchicalProxyLoss(ParametricLoss):
+    needs_superclasses = True
+
     def __init__(
         self,
         num_classes: int,
@@ -139,6 +146,37 @@ class HierarchicalProxyLoss(ParametricLoss):
         for weight, proxies, targets in zip(self.level_weights, self.level_proxies(), level_labels):
             total = total + weight * self.base_loss(embeddings, targets, proxies, **self.base_params)
         return total
+
+    def parameter_diagnostics(self):
+        stats = vector_statistics(self.proxies, "proxy")
+        coarse = self.coarse_assignments()
+        if coarse:
+            stats["coarse_groups"] = coarse[0].max() + 1
+        stats["reassignments"] = float(self.num_reassignments)
+        return stats
+
+    # --- what it takes from the data ----------------------------------------------------
+    @classmethod
+    def data_arguments(cls, params, *, num_classes, embedding_dim, superclass_of=None):
+        arguments = super().data_arguments(
+            params, num_classes=num_classes, embedding_dim=embedding_dim, superclass_of=superclass_of
+        )
+        # conf/loss/hierarchical_proxy.yaml writes both keys as null: null means "not chosen".
+        if superclass_of and arguments.get("superclass_of") is None and arguments.get("num_coarse") is None:
+            arguments["superclass_of"] = list(superclass_of)
+        return arguments
+
+    @classmethod
+    def check_param_names(cls, params: Mapping, what: str) -> None:
+        base = params.get("base", "proxy_anchor")
+        base_params = params.get("base_params")
+        if base in BASE_LOSSES and isinstance(base_params, Mapping):
+            accepted = sorted(BASE_LOSSES[base][1])
+            unknown = sorted(set(base_params) - set(accepted))
+            if unknown:
+                raise ValueError(
+                    f"{what}.base_params: base loss {base!r} has no parameter(s) {unknown}; its parameters: {accepted}"
+                )
 
     # --- parameter checks ---------------------------------------------------------------
     @staticmethod

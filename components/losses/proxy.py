@@ -11,6 +11,8 @@ check both functions against loop references and against pml's classes where pml
 
 Proxies usually learn with a larger learning rate than the network (Kim et al. use 100×);
 that is the optimiser's business: the proxies are ``loss.proxies``.
+Diagnostics (computed when asked): ``proxy_norm_mean``, ``proxy_norm_min``,
+``proxy_cosine_mean`` and ``proxy_cosine_max`` (see ``base.vector_statistics``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ParametricLoss, check_positive_float
+from .base import ParametricLoss, check_positive_float, vector_statistics
 
 
 def log_one_plus_sum_exp(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -75,6 +77,9 @@ class ProxyAnchorLoss(ParametricLoss):
     def compute_loss(self, embeddings, labels):
         return proxy_anchor_loss(embeddings, labels, self.proxies, self.alpha, self.margin)
 
+    def parameter_diagnostics(self):
+        return vector_statistics(self.proxies, "proxy")
+
 
 class ProxyNCALoss(ParametricLoss):
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 9.0):
@@ -85,6 +90,9 @@ class ProxyNCALoss(ParametricLoss):
 
     def compute_loss(self, embeddings, labels):
         return proxy_nca_loss(embeddings, labels, self.proxies, self.scale)
+
+    def parameter_diagnostics(self):
+        return vector_statistics(self.proxies, "proxy")
 
 
 def init_proxy_anchor_proxies(proxies: torch.Tensor) -> None:

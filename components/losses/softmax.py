@@ -2,6 +2,9 @@
 
 Retrieval then uses the embedding (or an earlier layer), not the class scores: the classifier
 only shapes the feature space during training.
+Diagnostics of every classifier loss: ``batch_accuracy`` (last forward) and, computed when
+asked, ``weight_norm_mean``, ``weight_norm_min``, ``weight_cosine_mean``, ``weight_cosine_max``
+of the class weights, plus ``logit_scale`` for a cosine classifier.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ParametricLoss, check_positive_float
+from .base import ParametricLoss, check_positive_float, vector_statistics
 from .classifier import Classifier
 
 
@@ -20,6 +23,16 @@ class ClassifierLoss(ParametricLoss):
         """Class scores [B, C] (for classification accuracy)."""
         self.check_embeddings(embeddings)
         return self.classifier(embeddings)
+
+    def record_accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """``batch_accuracy``: top-1 of the scores the loss computed anyway (O(B·C))."""
+        self.record(batch_accuracy=(logits.argmax(dim=1) == labels).float().mean())
+
+    def parameter_diagnostics(self):
+        stats = vector_statistics(self.classifier.weight, "weight")
+        if self.classifier.cosine:
+            stats["logit_scale"] = self.classifier.scale.detach()
+        return stats
 
 
 def _check_label_smoothing(value) -> float:
@@ -38,9 +51,9 @@ class CrossEntropyLoss(ClassifierLoss):
         self.classifier = Classifier(num_classes, embedding_dim, cosine=False)
 
     def compute_loss(self, embeddings, labels):
-        return F.cross_entropy(
-            self.classifier(embeddings), labels, label_smoothing=self.label_smoothing
-        )
+        logits = self.classifier(embeddings)
+        self.record_accuracy(logits, labels)
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
 
 class CosineSoftmaxLoss(ClassifierLoss):
@@ -61,6 +74,6 @@ class CosineSoftmaxLoss(ClassifierLoss):
         )
 
     def compute_loss(self, embeddings, labels):
-        return F.cross_entropy(
-            self.classifier(embeddings), labels, label_smoothing=self.label_smoothing
-        )
+        logits = self.classifier(embeddings)
+        self.record_accuracy(logits, labels)
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)

@@ -135,6 +135,8 @@ class WarpLoss(ClassifierLoss):
     Its classifier has the same state_dict keys as cross_entropy (linear) and cosine_softmax
     (cosine), so it can start from a trained softmax model (see ``transfer_classifier``).
     Set ``seed`` (or assign ``self.generator``) to make the negative draws reproducible.
+    Diagnostics: the classifier losses' ones, plus ``violating_fraction`` (samples whose
+    draws found a violating class) and ``mean_draws`` (draws those samples took).
     """
 
     def __init__(
@@ -186,4 +188,11 @@ class WarpLoss(ClassifierLoss):
             return self.draw_negatives(labels if rows is None else labels[rows], stop - start)
 
         found, num_draws, negative = first_violations(scores, labels, self.margin, self.max_trials, draw_block)
+        self.record_accuracy(scores, labels)
+        # Rows that found a violating class, and the draws they took: how hard the negatives
+        # have become (a trained model needs many draws, and few rows still violate).
+        self.record(
+            violating_fraction=found.float().mean(),
+            mean_draws=(num_draws * found).sum() / found.sum().clamp(min=1),
+        )
         return warp_loss_given_violations(scores, labels, found, num_draws, negative, self.margin, self.harmonic)
