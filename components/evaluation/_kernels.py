@@ -172,6 +172,19 @@ class NumpyKernels:
         return np.maximum.accumulate(np.where(change, positions, 0))
 
     @staticmethod
+    def run_bounds(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For keys whose equal values are contiguous: (first, last) index of each element's run."""
+        n = keys.shape[0]
+        change = np.ones(n, dtype=bool)
+        change[1:] = keys[1:] != keys[:-1]
+        starts = np.flatnonzero(change)
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1:] = n - 1
+        run = np.cumsum(change) - 1
+        return starts[run], ends[run]
+
+    @staticmethod
     def row_counts(rows: np.ndarray, num_rows: int) -> np.ndarray:
         return np.bincount(rows, minlength=num_rows)
 
@@ -281,6 +294,18 @@ class TorchKernels:
         change = torch.ones(keys.shape[0], dtype=torch.bool, device=keys.device)
         change[1:] = keys[1:] != keys[:-1]
         return torch.cummax(torch.where(change, positions, 0), 0).values
+
+    @staticmethod
+    def run_bounds(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = keys.shape[0]
+        change = torch.ones(n, dtype=torch.bool, device=keys.device)
+        change[1:] = keys[1:] != keys[:-1]
+        starts = torch.nonzero(change).reshape(-1)
+        ends = torch.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1:] = n - 1
+        run = torch.cumsum(change, 0) - 1
+        return starts[run], ends[run]
 
     @staticmethod
     def row_counts(rows: torch.Tensor, num_rows: int) -> torch.Tensor:

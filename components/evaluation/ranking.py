@@ -1,29 +1,34 @@
 """Exact ranks of each query's relevant gallery items, computed without sorting the gallery.
 
 Every retrieval metric used here (AP, MAP@R, R-precision, Recall@K, PR curves) depends only on
-the ranks of a query's *relevant* items: if the k-th relevant item (k = 1..R) sits at rank
-r_k, precision at that hit is k / r_k. So instead of sorting all G gallery scores of each query
-(O(G log G) per query, which dominates a naive evaluator) we count, for each relevant item,
-how many gallery items are ranked ahead of it.
+where a query's *relevant* items sit in its ranking. So instead of sorting all G gallery scores
+of each query (O(G log G) per query, which dominates a naive evaluator) we count, for each
+relevant item, how many gallery items score higher than it and how many score the same.
 
-Ranking rule (the tie-break): descending float32 score, then ascending gallery column, which is
-ascending original index (the gallery keeps the caller's order). It is a total order, so ranks
-are unique and deterministic; the query itself is never part of its own ranking.
+Ties: items with equal float32 scores form one *tie group* and are never ordered among
+themselves (scikit-learn's `average_precision_score` semantics: one threshold per distinct
+score). For each relevant item this module returns its group's span in the ranking
+(`rank_first`..`rank_last`: the positions the group occupies, 1-based) and in the query's list
+of hits (`hit_first`..`hit_last`). Nothing depends on the order of the gallery: the caller's
+metrics (`retrieval.py`) are functions of these spans only. Scores compare as IEEE floats
+(-0.0 equals +0.0); the query itself is never part of its own ranking.
 
 Per chunk of B queries against all G gallery items:
 
 1. scores = queries @ galleryᵀ in float32 (B x G, the only B x G float matrix kept).
 2. Each row's scores are mapped to integer bins by a monotone function (subtract, multiply,
    clip, truncate: each step is monotone under IEEE rounding), so an item in a higher bin
-   always has a strictly higher score. The nb range bins span the row's relevant scores
-   [min, max]; one bin below holds everything lower (never ahead of a relevant item), one
-   above everything higher, and one extra bin holds only the query itself (never counted).
-   A histogram and its cumulative sum give, per bin, how many items lie in strictly higher
-   bins.
+   always has a strictly higher score, and equal scores always share a bin. The nb range
+   bins span the row's relevant scores [min, max]; one bin below holds everything lower
+   (never ahead of a relevant item), one above everything higher, and one extra bin holds
+   only the query itself (never counted). A histogram and its cumulative sum give, per bin,
+   how many items lie in strictly higher bins.
 3. Only items sharing a bin with a relevant item ("candidates") need an exact comparison.
-   They are few (about R x items-per-bin per row); sorting them by (row, score desc, column)
-   gives each one's position inside its bin.
-4. rank = 1 + (#items in higher bins) + (#items ahead of it inside its bin).
+   They are few (about R x items-per-bin per row); sorting them by (row, score desc) puts
+   each tie group in one contiguous run inside its bin's run.
+4. rank_first = 1 + (#items in higher bins) + (#candidates of the bin ahead of its tie
+   group); rank_last = rank_first + group size - 1. The hits (relevant candidates) in the
+   same order give hit_first / hit_last the same way.
 
 Rounding in step 2 can only move an item into a neighbouring bin, which makes it a candidate:
 results stay exact, only the candidate count grows (collapsed embeddings with masses of equal
@@ -88,15 +93,21 @@ def build_gallery_layout(
 
 @dataclass(frozen=True)
 class RelevantRanks:
-    """Ranks of the relevant items of a chunk of queries, flattened (numpy, int64).
+    """Tie-group spans of the relevant items of a chunk of queries, flattened (numpy, int64).
 
-    Entries are grouped by query row (ascending) and, within a row, in rank order, so
-    `hit_number` (k) runs 1..R for each query.
+    One entry per relevant item, grouped by query row (ascending) and, within a row, by
+    descending score; entries of one tie group (equal scores) are adjacent and share all four
+    spans. A query's tie group with g items, h of them relevant, holds ranks
+    rank_first..rank_last (g = rank_last - rank_first + 1) and hits hit_first..hit_last
+    (h = hit_last - hit_first + 1) of that query. Without ties, rank_first == rank_last is
+    the item's rank and hit_first == hit_last is k, its position among the query's hits.
     """
 
     row: np.ndarray           # (M,) query row inside the chunk
-    hit_number: np.ndarray    # (M,) k: 1-based position among the query's relevant items
-    rank: np.ndarray          # (M,) 1-based rank in the query's full ranking
+    hit_first: np.ndarray     # (M,) 1 + relevant items scoring strictly higher
+    hit_last: np.ndarray      # (M,) relevant items scoring higher or equal
+    rank_first: np.ndarray    # (M,) 1 + gallery items scoring strictly higher
+    rank_last: np.ndarray     # (M,) gallery items scoring higher or equal
     num_relevant: np.ndarray  # (B,) R per query
 
 
@@ -108,7 +119,7 @@ def rank_relevant_items(
     num_bins: int,
     kernels: Any,
 ) -> RelevantRanks:
-    """Exact ranks of each query's relevant items (method: module docstring).
+    """Exact tie-group spans of each query's relevant items (method: module docstring).
 
     queries: (B, D) float32; query_codes: (B,) int64 class codes; self_column: (B,) int64
     gallery column of the query itself, -1 if it is not in the gallery (all three in the
@@ -128,18 +139,17 @@ def rank_relevant_items(
         found = []
         for first in range(0, end - begin, step):
             last = min(first + step, end - begin)
-            rows, hit_number, rank = _rank_block(
+            rows, *spans = _rank_block(
                 scores[first:last], query_codes[begin + first:begin + last],
                 self_column[begin + first:begin + last], layout, num_bins, kernels,
             )
-            found.append((rows + begin + first, hit_number, rank))
+            found.append((rows + begin + first, *spans))
         return found
 
     parts = [block for part in kernels.map_parts(rank_part, num_queries, layout.size) for block in part]
     k = kernels
-    hit_rows = k.concatenate([part[0] for part in parts])
-    hit_number = k.concatenate([part[1] for part in parts])
-    rank = k.concatenate([part[2] for part in parts])
+    columns = [k.concatenate([part[field] for part in parts]) for field in range(5)]
+    hit_rows = columns[0]
 
     start = layout.class_start[query_codes]
     num_relevant = layout.class_start[query_codes + 1] - start - (self_column >= 0) * 1
@@ -147,14 +157,14 @@ def rank_relevant_items(
     expected = k.to_numpy(num_relevant)
     if not np.array_equal(found, expected):  # an internal invariant, cheap to check
         raise RuntimeError("ranking found a different number of relevant items than expected")
-    return RelevantRanks(
-        row=k.to_numpy(hit_rows), hit_number=k.to_numpy(hit_number),
-        rank=k.to_numpy(rank), num_relevant=expected,
-    )
+    row, hit_first, hit_last, rank_first, rank_last = (k.to_numpy(values) for values in columns)
+    return RelevantRanks(row=row, hit_first=hit_first, hit_last=hit_last, rank_first=rank_first,
+                         rank_last=rank_last, num_relevant=expected)
 
 
 def _rank_block(scores, query_codes, self_column, layout: GalleryLayout, num_bins: int, k):
-    """(row, hit number, rank) of every relevant item of a block of rows of the score matrix."""
+    """(row, hit_first, hit_last, rank_first, rank_last) of every relevant item of a block of
+    rows of the score matrix."""
     num_queries, gallery_size = int(scores.shape[0]), layout.size
     # Per row: bin 0 holds only the query itself (never counted, never a candidate), bin 1
     # everything below the relevant range, bins 2..nb+1 the range, bin nb+2 everything above.
@@ -197,17 +207,26 @@ def _rank_block(scores, query_codes, self_column, layout: GalleryLayout, num_bin
     candidates = k.flatnonzero(k.take(marked, bins))  # row-major: (row, column) ascending
     cand_rows = candidates // gallery_size
 
-    # Order by (row, score desc); the stable sort keeps ascending column for equal scores.
-    descending = (2**31 - 1) - k.float32_order_key(flat_scores[candidates])
-    order = k.stable_argsort((cand_rows << 32) | descending)
-    candidates, cand_rows = candidates[order], cand_rows[order]
+    # Order by (row, score desc): equal keys are exactly the tie groups (same row, equal
+    # float32 score). Their inner order is irrelevant: every member gets the group's spans.
+    keys = (cand_rows << 32) | ((2**31 - 1) - k.float32_order_key(flat_scores[candidates]))
+    order = k.stable_argsort(keys)
+    candidates, cand_rows, keys = candidates[order], cand_rows[order], keys[order]
     cand_bins = flat_bins[candidates]
-    # Bins are monotone in score, so each bin's candidates are contiguous in this order.
-    ahead_in_bin = k.arange(candidates.shape[0], query_codes) - k.run_starts(cand_bins)
+    # Bins are monotone in score (equal scores share a bin), so each bin's candidates are one
+    # contiguous run in this order and each tie group a contiguous run inside it.
+    bin_start = k.run_starts(cand_bins)
+    tie_start, tie_end = k.run_bounds(keys)
 
     cand_columns = candidates - cand_rows * gallery_size
     hit = k.flatnonzero(layout.labels[cand_columns] == query_codes[cand_rows])
-    hit_rows, hit_bins = cand_rows[hit], cand_bins[hit]
-    rank = 1 + (row_total[hit_rows] - cumulative[hit_bins]) + ahead_in_bin[hit]
-    hit_number = k.arange(hit.shape[0], query_codes) - k.run_starts(hit_rows) + 1
-    return hit_rows, hit_number, rank
+    hit_rows, hit_bins, hit_bin_start = cand_rows[hit], cand_bins[hit], bin_start[hit]
+    higher = row_total[hit_rows] - cumulative[hit_bins]  # items in strictly higher bins
+    rank_first = 1 + higher + (tie_start[hit] - hit_bin_start)
+    rank_last = 1 + higher + (tie_end[hit] - hit_bin_start)
+    # The hits keep the candidates' order: tie groups are runs of equal keys here too.
+    hit_row_start = k.run_starts(hit_rows)
+    hit_tie_start, hit_tie_end = k.run_bounds(keys[hit])
+    hit_first = 1 + hit_tie_start - hit_row_start
+    hit_last = 1 + hit_tie_end - hit_row_start
+    return hit_rows, hit_first, hit_last, rank_first, rank_last

@@ -13,7 +13,7 @@ Protocol
 Metrics (all averaged over the queries that have at least one relevant item)
 -------------------------------------------------------------------------------
 - mAP: average precision over the FULL ranking of the gallery, AP = (1/R) sum_k k / rank_k,
-  with R relevant items, the k-th at rank rank_k.
+  with R relevant items, the k-th at rank rank_k (with ties: see below).
 - MAP@R (Musgrave et al., 2020, "A metric learning reality check"): (1/R) sum over the top R
   positions i of P(i) * rel(i).
 - R-precision: fraction of the top R results that are relevant.
@@ -25,15 +25,32 @@ Ranking and ties
 ----------------
 Features are L2-normalised first when `normalize=True` (the default; with normalised features
 squared distance = 2 - 2 * dot, so ranking by dot product is ranking by distance). Scores are
-float32 dot products (numpy's BLAS on CPU, torch / cuBLAS with TF32 disabled on GPU). The
-ranking is by descending score; tied scores are broken by ascending index of the item in the
-input array. Given the scores, this rule is exact and deterministic. Different matrix-product
-kernels (CPU vs GPU, numpy vs torch) may round a score differently in its last bit, which can
-swap two nearly tied items; chunk_size only changes the number of rows per product (numpy's
-BLAS gives bit-identical rows whatever that number; tests check results do not change).
-scikit-learn's `average_precision_score` instead puts tied scores at one threshold (every
-tied item gets the precision at the end of the tie); both agree whenever no relevant item of
-the query has a tied score (with a relevant or a non-relevant item).
+float32 dot products (numpy's BLAS on CPU, torch / cuBLAS with TF32 disabled on GPU), ranked
+by descending score. Items with equal scores form a tie group that is never ordered, so no
+metric depends on the order of the input (a fully collapsed embedding scores chance):
+
+- mAP and PR curves follow scikit-learn (`average_precision_score`, `precision_recall_curve`):
+  each distinct score is one threshold, and every relevant item of a tie group gets the
+  precision at the end of its group, (hits up to the group's end) / (items up to its end).
+  So AP = (1/R) sum over groups of h_g * H_g / N_g (h_g relevant items in the group, H_g and
+  N_g hits and items up to its end), exactly what `average_precision_score` returns.
+- R@K, R-precision and MAP@R cut the ranking at a position (K or R), which can fall inside a
+  tie group; there they are the EXPECTED value over a uniformly random order of every tie
+  group (each order of the tied items equally likely), in closed form: a group of g items
+  with h relevant, at positions a+1..a+g after c earlier hits, gives
+  P(no hit in the top K) = C(g-h, m) / C(g, m) with m = K - a items of the group inside the
+  cut, E[rel(i)] = h / g at each of its positions, and
+  E[rel(i) * hits up to i] = (h/g) * (c + 1) + (i - a - 1) * h (h - 1) / (g (g - 1)).
+  Where no group straddles the cut (no ties there) these are the plain definitions.
+  A threshold rule has no answer for a tie straddling the cut (counting the whole group
+  would make R@1 of a collapsed embedding 0, counting none would make it 1); the expectation
+  is what a random tie-break gives on average, so it stays comparable with other tools.
+
+Given the scores, all of this is exact. The scores' last bit depends on the matrix-product
+kernel: CPU vs GPU, numpy vs torch, and even BLAS calls on rows that start at a different
+memory alignment (as chunk_size or the thread count can cause) may round a score differently,
+which can split or merge nearly tied items. On data whose scores are exact in float32
+(small integers; tests use them), chunk_size, block sizes and threads change nothing.
 
 Memory
 ------
@@ -132,10 +149,13 @@ def _rows_per_chunk(requested: int | None, gallery_size: int, num_bins: int) -> 
     return max(1, min(rows, (MAX_FLAT_BINS - 1) // (num_bins + 3)))
 
 
-def _interpolated_precision(row, hit_number, rank, num_relevant, num_points) -> np.ndarray:
-    """(B, num_points): max precision at any recall >= each level (rows have R >= 1)."""
+def _interpolated_precision(row, precision, num_relevant, num_points) -> np.ndarray:
+    """(B, num_points): max precision at any recall >= each level (rows have R >= 1).
+
+    `precision` holds, per relevant item in rank order, the precision at the end of its tie
+    group: the k-th hit of a row reaches recall >= k / R, and so do all later ones.
+    """
     num_rows = num_relevant.shape[0]
-    precision = hit_number / rank.astype(np.float64)
     # Suffix maximum inside each row's segment with one running maximum over the reversed
     # list: precision <= 1, so adding 2 * (B - row) makes every value of a row larger than
     # all values of the rows after it (which come first when reversed): the maximum restarts.
@@ -147,6 +167,80 @@ def _interpolated_precision(row, hit_number, rank, num_relevant, num_points) -> 
     needed = np.maximum((levels[None, :] * num_relevant[:, None] + (num_points - 2)) // (num_points - 1), 1)
     row_start = np.cumsum(num_relevant) - num_relevant
     return suffix_max[row_start[:, None] + needed - 1]
+
+
+# P(no hit in the top K) is an exact product of min(m, h) ratios below this many terms, and
+# from log-gamma beyond (relative error ~1e-10 there; m, h > 1024 needs huge tie groups).
+_EXACT_PRODUCT_TERMS = 1024
+
+
+def _miss_probability(group: np.ndarray, hits: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """P(none of `hits` relevant items lands in the first `inside` of `group` shuffled items):
+    C(g - h, m) / C(g, m) = C(g - m, h) / C(g, h), elementwise (h >= 1, 0 <= m <= g)."""
+    probability = np.where(inside == 0, 1.0, 0.0)
+    open_ = np.flatnonzero((inside > 0) & (inside <= group - hits))
+    if open_.size == 0:
+        return probability
+    g = group[open_].astype(np.float64)
+    # prod_{j < t} (g - u - j) / (g - j) with t = min(m, h), u = max(m, h): the shorter product.
+    terms = np.minimum(inside[open_], hits[open_])
+    other = np.maximum(inside[open_], hits[open_]).astype(np.float64)
+    value = np.ones(open_.size)
+    small = terms <= _EXACT_PRODUCT_TERMS
+    for j in range(int(terms[small].max()) if small.any() else 0):
+        running = small & (j < terms)
+        value[running] *= (g[running] - other[running] - j) / (g[running] - j)
+    if not small.all():
+        big = ~small
+        lgamma = lambda x: torch.lgamma(torch.from_numpy(x)).numpy()  # noqa: E731
+        gb, ub, tb = g[big], other[big], terms[big].astype(np.float64)
+        value[big] = np.exp(lgamma(gb - ub + 1) - lgamma(gb - ub - tb + 1) - lgamma(gb + 1) + lgamma(gb - tb + 1))
+    probability[open_] = value
+    return probability
+
+
+@dataclass
+class _QuerySums:
+    """Per-query results of one chunk, from the tie-group spans of its relevant items."""
+
+    average_precision_sum: np.ndarray  # sum over relevant items of the precision at their group's end
+    map_at_r_sum: np.ndarray           # E[sum over the top R positions of P(i) * rel(i)]
+    r_precision_hits: np.ndarray       # E[relevant items in the top R]
+    first_ahead: np.ndarray            # items ranked strictly above the first tie group with a hit
+    first_group: np.ndarray            # size of that group
+    first_hits: np.ndarray             # relevant items in that group
+
+
+def _query_sums(found, harmonic: np.ndarray) -> _QuerySums:
+    """The per-query sums behind every metric (formulas: module docstring, "Ranking and ties")."""
+    rows, size = found.row, found.num_relevant.shape[0]
+    ahead = found.rank_first - 1                       # a: items before the item's tie group
+    group = found.rank_last - ahead                    # g: items in the group
+    hits_before = found.hit_first - 1                  # c: hits before the group
+    group_hits = found.hit_last - hits_before          # h: hits in the group
+    cut = found.num_relevant[rows]                     # R: MAP@R and R-precision stop there
+    precision_at_end = found.hit_last / found.rank_last.astype(np.float64)
+
+    # Each relevant item is equally likely at each of its group's positions a+1..a+g.
+    inside = np.clip(cut - ahead, 0, group)             # positions of the group within the top R
+    expected_top_r = inside / group
+    # MAP@R: (1/g) sum over positions i = a+1..a+inside of [(c+1) + (i-a-1)(h-1)/(g-1)] / i.
+    # With harmonic numbers H, sum 1/i = H[a+inside] - H[a] and sum (i-a-1)/i = inside -
+    # (a+1) * that; a tie-free item (g = 1) is exactly (c+1)/(a+1) = k / rank_k.
+    reciprocal_sum = np.where(group == 1, (inside > 0) / (ahead + 1.0), harmonic[ahead + inside] - harmonic[ahead])
+    later_sum = np.clip(inside - (ahead + 1) * reciprocal_sum, 0.0, None)
+    pair_share = np.where(group > 1, (group_hits - 1) / np.maximum(group - 1, 1), 0.0)
+    expected_map_terms = ((hits_before + 1) * reciprocal_sum + pair_share * later_sum) / group
+
+    # Every row has a hit and entries are in rank order: a row's first entry is in its first
+    # tie group holding a hit, and rows are ascending, so these are rows 0..B-1 in order.
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    return _QuerySums(
+        average_precision_sum=np.bincount(rows, weights=precision_at_end, minlength=size),
+        map_at_r_sum=np.bincount(rows, weights=expected_map_terms, minlength=size),
+        r_precision_hits=np.bincount(rows, weights=expected_top_r, minlength=size),
+        first_ahead=ahead[first], first_group=group[first], first_hits=group_hits[first],
+    )
 
 
 def evaluate_retrieval(
@@ -209,13 +303,16 @@ def evaluate_retrieval(
 
     num_bins = _num_bins(layout.size)
     rows_per_chunk = _rows_per_chunk(chunk_size, layout.size, num_bins)
-    max_k = recall_ks[-1]
     num_queries = query_index.shape[0]
     ap_sum = np.zeros(num_queries)
     map_at_r_sum = np.zeros(num_queries)
     r_precision_hits = np.zeros(num_queries)
-    first_rank = np.full(num_queries, max_k + 1, dtype=np.int64)
+    # The first tie group holding a hit, per query: what R@K needs.
+    first_ahead = np.zeros(num_queries, dtype=np.int64)
+    first_group = np.ones(num_queries, dtype=np.int64)
+    first_hits = np.ones(num_queries, dtype=np.int64)
     pr_sum = np.zeros(pr_points) if return_pr_curve else None
+    harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, layout.size + 1))]  # H[n] = sum_{i<=n} 1/i
 
     # Queries without a relevant item have no AP: they are skipped, not ranked.
     active = np.flatnonzero(num_relevant > 0)
@@ -229,17 +326,16 @@ def evaluate_retrieval(
                 kernels.array(torch.from_numpy(column_of_item[items]).to(target)),
                 layout, num_bins, kernels,
             )
-            rows, count, size = found.row, found.num_relevant, chunk.shape[0]
-            precision_at_hit = found.hit_number / found.rank.astype(np.float64)
-            within_r = found.rank <= count[rows]
-            # Per-query sums over the chunk's rows (chunk positions are distinct).
-            ap_sum[chunk] = np.bincount(rows, weights=precision_at_hit, minlength=size)
-            map_at_r_sum[chunk] = np.bincount(rows[within_r], weights=precision_at_hit[within_r], minlength=size)
-            r_precision_hits[chunk] = np.bincount(rows[within_r], minlength=size)
-            first = found.hit_number == 1
-            first_rank[chunk[rows[first]]] = np.minimum(found.rank[first], max_k + 1)
+            sums = _query_sums(found, harmonic)
+            ap_sum[chunk] = sums.average_precision_sum
+            map_at_r_sum[chunk] = sums.map_at_r_sum
+            r_precision_hits[chunk] = sums.r_precision_hits
+            first_ahead[chunk], first_group[chunk], first_hits[chunk] = (
+                sums.first_ahead, sums.first_group, sums.first_hits)
             if pr_sum is not None:
-                pr_sum += _interpolated_precision(rows, found.hit_number, found.rank, count, pr_points).sum(axis=0)
+                precision_at_end = found.hit_last / found.rank_last.astype(np.float64)
+                pr_sum += _interpolated_precision(found.row, precision_at_end, found.num_relevant,
+                                                  pr_points).sum(axis=0)
 
     valid = num_relevant > 0
     denominator = np.where(valid, num_relevant, 1).astype(np.float64)
@@ -254,7 +350,8 @@ def evaluate_retrieval(
         METRIC_R_PRECISION: mean_over_valid(r_precision_hits / denominator),
     }
     for k in recall_ks:
-        metrics[recall_at(k)] = mean_over_valid((first_rank <= k).astype(np.float64))
+        inside = np.clip(k - first_ahead, 0, first_group)  # first group's items within the top K
+        metrics[recall_at(k)] = mean_over_valid(1.0 - _miss_probability(first_group, first_hits, inside))
     metrics[NUM_QUERIES] = float(valid.sum())
     metrics[NUM_QUERIES_WITHOUT_RELEVANT] = float((~valid).sum())
 

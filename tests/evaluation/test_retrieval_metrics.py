@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from components.constants import DEFAULT_RECALL_KS, METRIC_MAP, METRIC_MAP_AT_R, METRIC_R_PRECISION, recall_at
 from components.evaluation import (
@@ -61,8 +63,7 @@ def test_average_precision_matches_sklearn_per_query_on_tie_free_data(backend):
         keep = np.arange(300) != q
         relevant = labels[keep] == labels[q]
         row = scores[q, keep]
-        # Premise of the comparison: sklearn puts tied scores at one threshold, the evaluator
-        # ranks them by index, so no relevant item may have a tied score.
+        # Premise: tie-free float scores (the tie cases have their own tests below).
         _, group, size = np.unique(row, return_inverse=True, return_counts=True)
         assert not (relevant & (size[group] > 1)).any()
         expected.append(average_precision_score(relevant, row))
@@ -90,34 +91,139 @@ def test_all_metrics_match_brute_force_on_data_with_ties_and_singletons(backend)
     np.testing.assert_allclose(result.pr_precision, ref.mean_pr_curve(rows), rtol=0, atol=1e-12)
 
 
-def test_recall_at_k_and_map_at_r_against_a_slow_loop():
-    features = integer_embeddings(150, 4, -6, 6, seed=5)
-    labels = np.random.default_rng(6).integers(0, 9, 150)
-    scores = features @ features.T
-    ks = (1, 3, 10, 200)  # 200 > gallery size: every query with a relevant item hits
-    hits = {k: [] for k in ks}
-    map_at_r = []
-    for q in range(150):
-        others = [i for i in range(150) if i != q]
-        ranked = sorted(others, key=lambda i: (-float(scores[q, i]), i))  # the documented rule
-        relevant = [labels[i] == labels[q] for i in ranked]
-        r = sum(relevant)
+def metrics_of_every_tie_order(scores: np.ndarray, labels: np.ndarray, ks) -> list[dict]:
+    """Per query: MAP@R, R-precision and R@K averaged over EVERY order of the gallery's tied
+    items (all permutations, each ranked by score and then by its position in the
+    permutation), each order scored with the plain tie-free definitions."""
+    n = labels.shape[0]
+    out = []
+    for q in range(n):
+        gallery = np.array([i for i in range(n) if i != q])
+        orders = np.array(list(itertools.permutations(range(gallery.shape[0]))))  # (P, G) positions
+        # Rank by descending score, then by the permutation: scores are small integers.
+        keys = -scores[q, gallery][None, :] * (10 * gallery.shape[0]) + orders
+        relevant = (labels[gallery] == labels[q])[np.argsort(keys, axis=1)]
+        r = int(relevant[0].sum())
         if r == 0:
             continue
-        for k in ks:
-            hits[k].append(any(relevant[:k]))
-        precision_sum, found = 0.0, 0
-        for position in range(r):
-            if relevant[position]:
-                found += 1
-                precision_sum += found / (position + 1)
-        map_at_r.append(precision_sum / r)
+        hits_so_far = np.cumsum(relevant, axis=1)
+        precision = hits_so_far / np.arange(1, gallery.shape[0] + 1)
+        out.append(dict(
+            map_at_r=float((precision[:, :r] * relevant[:, :r]).sum(axis=1).mean() / r),
+            r_precision=float(relevant[:, :r].sum(axis=1).mean() / r),
+            recall={k: float(relevant[:, :k].any(axis=1).mean()) for k in ks},
+        ))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cut_off_metrics_are_the_mean_over_every_order_of_tied_items(seed):
+    # 8 gallery items per query with coordinates in {-1, 0, 1}: most scores are tied, and tie
+    # groups straddle the R and K cut-offs. 8! orders per query are enumerated.
+    features = integer_embeddings(9, 2, -1, 1, seed=30 + seed)
+    labels = np.random.default_rng(40 + seed).integers(0, 3, 9)
+    scores = features @ features.T
+    ks = (1, 2, 3, 5, 8)
+    expected = metrics_of_every_tie_order(scores, labels, ks)
 
     metrics = retrieval_metrics(features, labels, ks, normalize=False)
+    assert metrics[NUM_QUERIES] == len(expected)
+    assert metrics[METRIC_MAP_AT_R] == pytest.approx(np.mean([e["map_at_r"] for e in expected]), abs=1e-12)
+    assert metrics[METRIC_R_PRECISION] == pytest.approx(np.mean([e["r_precision"] for e in expected]), abs=1e-12)
     for k in ks:
-        assert metrics[recall_at(k)] == pytest.approx(np.mean(hits[k]), abs=1e-12)
-    assert metrics[recall_at(200)] == 1.0
-    assert metrics[METRIC_MAP_AT_R] == pytest.approx(np.mean(map_at_r), abs=1e-12)
+        assert metrics[recall_at(k)] == pytest.approx(np.mean([e["recall"][k] for e in expected]), abs=1e-12), k
+    assert metrics[recall_at(8)] == 1.0  # the whole gallery
+
+
+def test_collapsed_embeddings_score_chance_on_sorted_and_shuffled_input():
+    # Every item has the same embedding: all scores tie, so every metric is chance. The old
+    # tie-break by gallery column gave mAP 0.21 on class-sorted input and 0.11 shuffled.
+    labels = np.repeat(np.arange(10), 40)
+    features = np.ones((400, 16), dtype=np.float32)
+    order = np.random.default_rng(50).permutation(400)
+    sorted_input = evaluate_retrieval(features, labels, KS, return_pr_curve=True)
+    shuffled = evaluate_retrieval(features[order], labels[order], KS, return_pr_curve=True)
+
+    chance = 39 / 399  # relevant share of each query's gallery
+    expected_ap = np.mean([average_precision_score(np.delete(labels == labels[q], q), np.zeros(399))
+                           for q in range(400)])
+    assert expected_ap == pytest.approx(chance, abs=1e-12)
+    for result in (sorted_input, shuffled):
+        assert result.metrics[METRIC_MAP] == pytest.approx(expected_ap, abs=1e-12)
+        assert result.metrics[METRIC_R_PRECISION] == pytest.approx(chance, abs=1e-12)
+        assert result.metrics[recall_at(1)] == pytest.approx(chance, abs=1e-12)
+        # P(no hit in the top 2) = C(360, 2) / C(399, 2)
+        assert result.metrics[recall_at(2)] == pytest.approx(1 - (360 * 359) / (399 * 398), abs=1e-12)
+        np.testing.assert_allclose(result.pr_precision, chance, rtol=0, atol=1e-12)
+    for key, value in sorted_input.metrics.items():
+        assert shuffled.metrics[key] == pytest.approx(value, abs=1e-12), key
+    expected = ref.summarise(ref.per_query_metrics(features @ features.T, labels, KS), KS)
+    assert sorted_input.metrics[METRIC_MAP_AT_R] == pytest.approx(expected["MAP@R"], abs=1e-12)
+
+
+def quantised_unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """Random directions rounded to multiples of 1/4: dot products are multiples of 1/16, exact
+    in float32 in any summation order, and many of them tie."""
+    return np.round(unit_vectors(n, dim, seed) * 4).astype(np.float32) / 4
+
+
+@KERNELS
+def test_average_precision_matches_sklearn_per_query_with_many_exact_ties(backend):
+    features = quantised_unit_vectors(300, 6, seed=51)
+    labels = np.random.default_rng(52).integers(0, 8, 300)
+    scores = features @ features.T  # exact, so identical to the scores the evaluator ranks
+    expected, tied = [], 0
+    for q in range(300):
+        keep = np.arange(300) != q
+        relevant = labels[keep] == labels[q]
+        _, group, size = np.unique(scores[q, keep], return_inverse=True, return_counts=True)
+        tied += bool((relevant & (size[group] > 1)).any())
+        expected.append(average_precision_score(relevant, scores[q, keep]))
+    assert tied == 300  # premise: every query has a relevant item inside a tie
+
+    result = evaluate_retrieval(features, labels, normalize=False, backend=backend)
+    np.testing.assert_allclose(result.average_precision, expected, rtol=0, atol=1e-12)
+    assert result.metrics[METRIC_MAP] == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+@KERNELS
+def test_pr_curve_matches_sklearn_precision_recall_curve_with_ties(backend):
+    features = quantised_unit_vectors(200, 5, seed=53)
+    labels = np.random.default_rng(54).integers(0, 6, 200)
+    scores = features @ features.T
+    levels = np.linspace(0.0, 1.0, 21)
+    curves = []
+    for q in range(200):
+        keep = np.arange(200) != q
+        precision, recall, _ = precision_recall_curve(labels[keep] == labels[q], scores[q, keep])
+        # The last point (recall 0, precision 1) is sklearn's convention for the empty
+        # ranking, not a threshold: the evaluator's curve starts at the first threshold.
+        precision, recall = precision[:-1], recall[:-1]
+        curves.append([precision[recall >= level - 1e-12].max() for level in levels])
+    result = evaluate_retrieval(features, labels, normalize=False, return_pr_curve=True, pr_points=21,
+                                backend=backend)
+    np.testing.assert_allclose(result.pr_precision, np.mean(curves, axis=0), rtol=0, atol=1e-12)
+
+
+@KERNELS
+def test_metrics_do_not_depend_on_the_order_of_items(backend):
+    features = integer_embeddings(300, 3, -2, 2, seed=55)
+    labels = labels_with_singletons(300, 15, singletons=4, seed=56)
+    query_mask = np.random.default_rng(57).random(300) < 0.6
+    gallery_mask = np.random.default_rng(58).random(300) < 0.8
+    order = np.random.default_rng(59).permutation(300)
+    options = dict(normalize=False, return_pr_curve=True, backend=backend)
+    first = evaluate_retrieval(features, labels, KS, query_mask=query_mask, gallery_mask=gallery_mask, **options)
+    again = evaluate_retrieval(features[order], labels[order], KS, query_mask=query_mask[order],
+                               gallery_mask=gallery_mask[order], **options)
+    for key, value in first.metrics.items():
+        assert again.metrics[key] == pytest.approx(value, abs=1e-12), key
+    np.testing.assert_allclose(again.pr_precision, first.pr_precision, rtol=0, atol=1e-12)
+    # Per query: the same item gets the same AP wherever it sits in the input.
+    ap_by_item = dict(zip(first.query_index.tolist(), first.average_precision.tolist()))
+    for position, item in zip(again.query_index, order[again.query_index]):
+        value = again.average_precision[np.searchsorted(again.query_index, position)]
+        np.testing.assert_allclose(value, ap_by_item[item], rtol=0, atol=1e-12)
 
 
 @KERNELS
@@ -242,3 +348,20 @@ def test_gpu_results_equal_cpu_results_on_exact_data():
     gpu = retrieval_metrics(torch.from_numpy(features).cuda(), labels, normalize=False, return_pr_curve=True)
     for key in cpu:
         np.testing.assert_allclose(gpu[key], cpu[key], rtol=0, atol=1e-12, err_msg=key)
+
+
+def test_miss_probability_matches_exact_binomial_ratios():
+    # R@K's chance that a straddling tie group puts no hit inside the cut, C(g-h, m) / C(g, m),
+    # on both of its paths: the exact product (min(m, h) <= 1024 terms) and log-gamma beyond.
+    from fractions import Fraction
+    from math import comb
+
+    from components.evaluation.retrieval import _miss_probability
+
+    exact = [(1, 1, 0), (1, 1, 1), (5, 2, 3), (5, 2, 4), (399, 39, 1), (399, 39, 32), (400, 1, 399),
+             (4000, 7, 1024), (4000, 7, 3993), (4000, 7, 3994), (60000, 600, 5000), (9000, 1500, 1024)]
+    log_gamma = [(60000, 2000, 5000), (200000, 3000, 1025)]
+    for cases, rtol in ((exact, 1e-13), (log_gamma, 1e-8)):
+        group, hits, inside = (np.array(column, dtype=np.int64) for column in zip(*cases))
+        expected = [float(Fraction(comb(g - h, m), comb(g, m))) for g, h, m in cases]
+        np.testing.assert_allclose(_miss_probability(group, hits, inside), expected, rtol=rtol, atol=1e-300)
