@@ -6,10 +6,16 @@ every triplet (a, i, j) of the batch with i ≠ a, j ≠ a, i ≠ j:
 
     ( log D(f_a, f_i) / D(f_a, f_j)  -  log Dy(y_a, y_i) / Dy(y_a, y_j) )²
 
-averaged over the B(B-1)(B-2) triplets; D is the squared Euclidean distance of the embeddings,
-Dy the Euclidean distance of the labels, and ``eps`` is added to each distance inside the log
-so equal labels or coinciding embeddings stay finite. The loss depends only on distance
-ratios, so it is invariant to the scale of the embeddings and of the labels.
+averaged over the B(B-1)(B-2) triplets. As in the paper (its Eq. 3), D and Dy are both the
+*squared* Euclidean distance, of the embeddings and of the labels: the two sides then measure
+distances alike, so an embedding equal to the labels (or any scaled, rotated or translated
+copy of them) has loss 0. ``eps`` is added to each distance inside the log so equal labels or
+coinciding embeddings stay finite. The loss depends only on distance ratios, so it is
+invariant to the scale of the embeddings and of the labels.
+
+The batches the paper trains on come from its dense triplet sampling, an anchor plus its
+nearest neighbours in label space (`components.training.label_sampler`), so that the ratios
+of small label distances, the hardest to embed, are well represented in every batch.
 
 Computed in O(B²), not as a [B, B, B] broadcast: with ℓ_ai = log(D_ai + ε) - log(Dy_ai + ε)
 the term is (ℓ_ai - ℓ_aj)², and for each anchor a, over its n = B-1 others with mean m_a,
@@ -45,8 +51,7 @@ class LogRatioLoss(MetricLoss):
             return zero_loss(embeddings)
         attributes = labels.reshape(batch_size, -1).to(embeddings.dtype)
         embedding_log = torch.log(pairwise_squared_distances(embeddings) + self.eps)
-        label_distance = pairwise_squared_distances(attributes).clamp(min=0).sqrt()
-        label_log = torch.log(label_distance + self.eps)
+        label_log = torch.log(pairwise_squared_distances(attributes) + self.eps)
         residual = embedding_log - label_log                                   # ℓ[a, i]
         others = ~torch.eye(batch_size, dtype=torch.bool, device=embeddings.device)  # i ≠ a
         num_others = batch_size - 1

@@ -256,7 +256,8 @@ def log_ratio(embeddings, labels, eps=1e-6):
                 if len({a, i, j}) < 3:
                     continue
                 embedding_term = math.log(dist(f[a], f[i], squared=True) + eps) - math.log(dist(f[a], f[j], squared=True) + eps)
-                label_term = math.log(dist(y[a], y[i]) + eps) - math.log(dist(y[a], y[j]) + eps)
+                # The paper's Dy is the squared Euclidean distance, like D.
+                label_term = math.log(dist(y[a], y[i], squared=True) + eps) - math.log(dist(y[a], y[j], squared=True) + eps)
                 total += (embedding_term - label_term) ** 2
                 count += 1
     return total / count
