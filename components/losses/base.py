@@ -121,14 +121,21 @@ class MetricLoss(nn.Module):
             **{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()},
         }
 
-    def parameter_diagnostics(self) -> dict[str, torch.Tensor | float]:
-        """Statistics of the loss's own tensors, computed when asked (not in every step)."""
+    def parameter_diagnostics(self, detailed: bool = False) -> dict[str, torch.Tensor | float]:
+        """Statistics of the loss's own tensors, computed when asked. Without ``detailed``
+        they cost O(C·D) (cheaper than the loss's own B·C·D scores); ``detailed`` adds the
+        O(C²·D) ones (closest pair of proxies)."""
         return {}
 
-    def diagnostics(self) -> dict[str, float]:
-        """``{name: float}`` about the last forward and the loss's tensors; {} if none."""
+    def diagnostics(self, detailed: bool = False) -> dict[str, float]:
+        """``{name: float}`` about the last forward and the loss's tensors; {} if none.
+
+        Cheap enough to call after every step (one host transfer; O(C·D) for the tensor
+        statistics); ``detailed=True`` adds statistics that cost O(C²·D), meant for once per
+        epoch (``proxy_cosine_max``, ``weight_cosine_max``).
+        """
         with torch.no_grad():
-            values = {**getattr(self, "_recorded", {}), **self.parameter_diagnostics()}
+            values = {**getattr(self, "_recorded", {}), **self.parameter_diagnostics(detailed)}
             tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
             if tensors:  # one host transfer for all of them
                 device = next(iter(tensors.values())).device
@@ -197,10 +204,13 @@ class ParametricLoss(MetricLoss):
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
 
 
-def vector_statistics(vectors: torch.Tensor, prefix: str, block: int = 4096) -> dict[str, torch.Tensor]:
+def vector_statistics(
+    vectors: torch.Tensor, prefix: str, detailed: bool = False, block: int = 4096
+) -> dict[str, torch.Tensor]:
     """Norms and pairwise cosines of the rows of ``vectors`` [N, D] (proxies, class weights):
-    ``<prefix>_norm_mean``, ``<prefix>_norm_min``, ``<prefix>_cosine_mean`` (over pairs i ≠ j) and
-    ``<prefix>_cosine_max`` (the two closest rows: proxies collapsing onto each other).
+    ``<prefix>_norm_mean``, ``<prefix>_norm_min``, ``<prefix>_cosine_mean`` (over pairs i ≠ j),
+    all O(N·D), and with ``detailed`` ``<prefix>_cosine_max`` (the two closest rows: proxies
+    collapsing onto each other), O(N²·D).
 
     The mean needs no [N, N] matrix, ``Σ_{i≠j} cos_ij = ‖Σ_i v̂_i‖² - N``; the max is taken
     ``block`` rows at a time, so memory stays [block, N] for many classes.
@@ -214,6 +224,8 @@ def vector_statistics(vectors: torch.Tensor, prefix: str, block: int = 4096) -> 
             return stats
         unit = F.normalize(vectors, dim=1)
         stats[f"{prefix}_cosine_mean"] = (unit.sum(dim=0).pow(2).sum() - count) / (count * (count - 1))
+        if not detailed:
+            return stats
         best = []
         for start in range(0, count, block):
             cos = unit[start:start + block] @ unit.t()

@@ -147,8 +147,8 @@ class HierarchicalProxyLoss(ParametricLoss):
             total = total + weight * self.base_loss(embeddings, targets, proxies, **self.base_params)
         return total
 
-    def parameter_diagnostics(self):
-        stats = vector_statistics(self.proxies, "proxy")
+    def parameter_diagnostics(self, detailed=False):
+        stats = vector_statistics(self.proxies, "proxy", detailed)
         coarse = self.coarse_assignments()
         if coarse:
             stats["coarse_groups"] = coarse[0].max() + 1

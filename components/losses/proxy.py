@@ -77,8 +77,8 @@ class ProxyAnchorLoss(ParametricLoss):
     def compute_loss(self, embeddings, labels):
         return proxy_anchor_loss(embeddings, labels, self.proxies, self.alpha, self.margin)
 
-    def parameter_diagnostics(self):
-        return vector_statistics(self.proxies, "proxy")
+    def parameter_diagnostics(self, detailed=False):
+        return vector_statistics(self.proxies, "proxy", detailed)
 
 
 class ProxyNCALoss(ParametricLoss):
@@ -91,8 +91,8 @@ class ProxyNCALoss(ParametricLoss):
     def compute_loss(self, embeddings, labels):
         return proxy_nca_loss(embeddings, labels, self.proxies, self.scale)
 
-    def parameter_diagnostics(self):
-        return vector_statistics(self.proxies, "proxy")
+    def parameter_diagnostics(self, detailed=False):
+        return vector_statistics(self.proxies, "proxy", detailed)
 
 
 def init_proxy_anchor_proxies(proxies: torch.Tensor) -> None:

@@ -62,9 +62,9 @@ class SoftTripleLoss(ParametricLoss):
             loss = loss + self.tau * self.centre_regulariser()
         return loss
 
-    def parameter_diagnostics(self):
+    def parameter_diagnostics(self, detailed=False):
         # Every centre of every class; the closest pair is usually two centres of one class.
-        return vector_statistics(self.centers.t(), "proxy")
+        return vector_statistics(self.centers.t(), "proxy", detailed)
 
     def centre_regulariser(self) -> torch.Tensor:
         """R, as pml's SparseCentersRegularizer computes it (2·cos clamped to ≤ 2, and the

@@ -28,8 +28,8 @@ class ClassifierLoss(ParametricLoss):
         """``batch_accuracy``: top-1 of the scores the loss computed anyway (O(B·C))."""
         self.record(batch_accuracy=(logits.argmax(dim=1) == labels).float().mean())
 
-    def parameter_diagnostics(self):
-        stats = vector_statistics(self.classifier.weight, "weight")
+    def parameter_diagnostics(self, detailed=False):
+        stats = vector_statistics(self.classifier.weight, "weight", detailed)
         if self.classifier.cosine:
             stats["logit_scale"] = self.classifier.scale.detach()
         return stats
