@@ -2,7 +2,12 @@
 
 Every stage takes `--config FILE` (default: conf/quickstart.yaml) and `key=value` overrides,
 and with `--json` prints one JSON object as its last line of stdout (URIs written, counts,
-metrics) for scripts and schedulers. Human output (progress, tables) goes to stderr.
+metrics) for scripts and schedulers. Human output (progress, tables) goes to stderr; Ray's
+own output goes to a log file (its path printed once) unless `--verbose`.
+
+Exit codes: 0 done · 2 config error (a bad key or value, a path the config names that is not
+there) · 3 data error (an input that does not fit, an earlier stage not run) · 4 resource error
+(the cluster cannot provide what the config asks) · 1 anything else: a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -12,69 +17,72 @@ import json
 import sys
 from typing import Any, Callable
 
-from rich.console import Console
+from rich.markup import escape
 
-from pipelines.config import ConfigError, load_config
+from components.errors import ChipmatchError, ConfigError
+from pipelines.config import Config, load_config
+from pipelines.context import StageContext, make_console
 
 
-def _ingest(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _ingest(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.ingest import result_json, run_ingest, summary_table
 
-    result = run_ingest(config, console)
-    console.print(summary_table(result))
+    result = run_ingest(config, context)
+    context.console.print(summary_table(result))
     return result_json(result)
 
 
-def _train(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _train(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.train import result_json, run_train, summary_table
 
-    runs = run_train(config, console)
-    console.print(summary_table(runs))
+    runs = run_train(config, context)
+    context.console.print(summary_table(runs))
     return result_json(runs)
 
 
-def _evaluate(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _evaluate(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.evaluate import result_json, run_evaluate, summary_table
 
-    evaluated = run_evaluate(config, console)
-    console.print(summary_table(evaluated, config.evaluate.taps))
+    evaluated = run_evaluate(config, context)
+    context.console.print(summary_table(evaluated, config.evaluate.taps))
     return result_json(evaluated)
 
 
-def _compare(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _compare(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.compare import run_compare
 
-    return run_compare(config, console, experiment=args.experiment, sort=args.sort)
+    return run_compare(config, context, experiment=args.experiment, sort=args.sort)
 
 
-def _tune(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _tune(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.tune import result_json, run_tune, summary_table
 
-    result = run_tune(config, console)
-    console.print(summary_table(result))
+    result = run_tune(config, context)
+    context.console.print(summary_table(result))
     return result_json(result)
 
 
-def _index(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _index(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.index import run_index
 
-    return run_index(config, console)
+    return run_index(config, context)
 
 
-def _search(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _search(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from components.index import SearchFilter
     from pipelines.search import run_search
 
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
     time_range = (args.time_from, args.time_to) if (args.time_from or args.time_to) else None
     search_filter = SearchFilter(labels=args.label or None, bbox=bbox, time_range=time_range, scene_ids=args.scene or None)
-    return run_search(args.index, args.image, args.embedding, args.k, search_filter, args.grid, args.query_label, console)
+    return run_search(args.index, args.image, args.embedding, args.k, search_filter, args.grid, args.query_label,
+                      context.console)
 
 
-def _run(config, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+def _run(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
-    return run_pipeline(config, console)
+    return run_pipeline(config, context)
 
 
 STAGES: dict[str, tuple[Callable, str]] = {
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", help="YAML config (default: conf/quickstart.yaml)")
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+        sub.add_argument("--verbose", action="store_true", help="show Ray's own logs here instead of in a log file")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=folder data.root=DIR")
         if name == "search":
             sub.add_argument("--index", required=True, help="index folder URI (printed by `chipmatch index`)")
@@ -121,20 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = make_console()
     try:
         config = load_config(args.config, args.overrides)
+        context = StageContext(config, console, stage=args.command, verbose=args.verbose)
         if args.command in WRITING_STAGES:
-            from components.storage import Store
-
-            Store(config.storage.root).check_writable()
+            context.store.check_writable()
         handler, _ = STAGES[args.command]
-        result = handler(config, console, args)
-    except (ConfigError, ValueError, FileNotFoundError, TypeError) as exc:
-        console.print(f"[bold red]chipmatch {args.command}: error:[/] {exc}")
+        result = handler(config, context, args)
+    except (ChipmatchError, FileNotFoundError) as exc:
+        # A plain FileNotFoundError names a path the config or a flag gave: a config error.
+        code = exc.exit_code if isinstance(exc, ChipmatchError) else ConfigError.exit_code
+        console.print(f"[bold red]chipmatch {args.command}: error:[/] {escape(str(exc))}")
         if args.json:
-            print(json.dumps({"stage": args.command, "error": str(exc)}))
-        return 2
+            print(json.dumps({"stage": args.command, "error": str(exc), "exit_code": code}))
+        return code
+    except Exception as exc:
+        if args.json:   # scripts still get their last line; the traceback follows on stderr
+            print(json.dumps({"stage": args.command, "error": f"{type(exc).__name__}: {exc}", "exit_code": 1}))
+        raise
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0

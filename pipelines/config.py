@@ -1,5 +1,9 @@
 """Configuration: YAML files under `conf/`, `key=value` overrides, validated into typed objects.
 
+Each section's schema lives beside what it configures (`components/*/config.py`, the sweep in
+`pipelines.sweep`); this module only composes them into one `Config` and turns pydantic's
+errors into messages that name the key.
+
 - A config file holds sections (`data`, `split`, `shard`, `storage`, `ray`, ...). A section
   given as a string names a file of that group: `data: synthetic_small` loads
   `conf/data/synthetic_small.yaml`. The same works on the command line (`data=fashion_mnist`).
@@ -13,20 +17,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.data.config import ShardConfig
 from components.data.sources import SOURCE_CONFIGS, available_sources
 from components.data.splits import SplitSpec
+from components.errors import ConfigError
+from components.evaluation.config import EvaluateConfig
+from components.index.config import IndexConfig
+from components.losses.config import LossConfig
+from components.models.config import ModelConfig
+from components.storage.config import StorageConfig
+from components.tracking.config import TrackingConfig
+from pipelines.raw_config import CONF_DIR, DEFAULT_CONFIG, apply_override, apply_value, read_config_file, resolve_group
+from pipelines.sweep import SweepConfig, check_sweep
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-DEFAULT_CONFIG = CONF_DIR / "quickstart.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used, with a message that says what to change."""
+__all__ = ["CONF_DIR", "DEFAULT_CONFIG", "Config", "ConfigError", "EvaluateConfig", "IndexConfig", "LossConfig",
+           "ModelConfig", "RayConfig", "RunSpec", "ShardConfig", "SplitConfig", "StorageConfig", "TrackingConfig",
+           "TrainConfig", "apply_value", "load_config", "validate"]
 
 
 class Section(BaseModel):
@@ -36,25 +46,21 @@ class Section(BaseModel):
 DataConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="source")]  # type: ignore[valid-type]
 
 
+# Until components/data/splits.py owns its SplitConfig: the limits are SplitSpec's own checks
+# (one place), run when the section is read.
 class SplitConfig(Section):
-    seen_fraction: float = Field(0.6, gt=0, lt=1)
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    query_fraction: float | None = Field(None, gt=0, lt=1)
+    seen_fraction: float = 0.6
+    val_fraction: float = 0.15
+    query_fraction: float | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _limits(self) -> "SplitConfig":
+        self.spec()   # raises ValueError naming split.<key>
+        return self
 
     def spec(self) -> SplitSpec:
         return SplitSpec(**self.model_dump())
-
-
-class ShardConfig(Section):
-    samples_per_shard: int = Field(1000, ge=2)
-    image_size: int | None = Field(None, ge=4)   # None: the source's native chip size
-    channels: int = Field(1, ge=1, le=16)   # 1 gray, 3 RGB, other counts keep the first bands (multi-band)
-    drop_duplicates: bool = True
-
-
-class StorageConfig(Section):
-    root: str = "./chipmatch-data"   # local path or s3://, gs://, hdfs:// URI
 
 
 class RayConfig(Section):
@@ -62,40 +68,7 @@ class RayConfig(Section):
     num_cpus: int | None = None      # logical CPUs of the embedded Ray (None: all cores)
 
 
-class ModelConfig(Section):
-    backbone: Literal["small_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "small_cnn"
-    embedding_dim: int = Field(256, ge=8, le=4096)
-    batchnorm: bool = True
-    scale: float = Field(1.0, gt=0)
-    weights: str | None = None       # local backbone state_dict (never downloaded)
-
-
-class LossConfig(Section):
-    name: str
-    params: dict[str, Any] = {}
-    attributes: list[str] | None = None   # log_ratio: which continuous labels (default: all)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from components.losses import available_losses
-
-        if name not in available_losses():
-            raise ValueError(f"unknown loss {name!r}; valid choices: {available_losses()}")
-        return name
-
-    @model_validator(mode="after")
-    def _params_fit_the_loss(self) -> "LossConfig":
-        from components.losses import build_loss, loss_class
-
-        shape = {"num_classes": 4, "embedding_dim": 8} if getattr(loss_class(self.name), "has_parameters", False) else {}
-        try:
-            build_loss(self.name, **shape, **self.params)   # raises naming the bad parameter
-        except TypeError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-
+# Until components/training/config.py owns it.
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     classes_per_batch: int = Field(16, ge=1)      # P
@@ -131,127 +104,7 @@ class RunSpec(Section):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss_file(cls, value: Any) -> Any:
-        return _resolve_group("loss", value) if isinstance(value, str) else value
-
-
-class TrackingConfig(Section):
-    uri: str | None = None            # default: sqlite:///<storage.root>/mlflow.db
-    experiment: str = "chipmatch"
-
-
-class EvaluateConfig(Section):
-    taps: list[str] = ["embedding", "penultimate"]      # feature layers measured side by side
-    ks: list[int] = [1, 2, 4, 8, 16, 32]                 # Recall@K (add 10, 100, 1000 on request)
-    batch_size: int = Field(256, ge=1)
-    num_actors: int = Field(1, ge=1)                     # Ray Data embedding actors
-    use_gpu: bool | None = None                          # None: when the cluster has GPUs
-    grid_queries: int = Field(8, ge=1)                   # rows of the retrieval grid PNG
-    grid_k: int = Field(8, ge=1)
-
-
-TUNABLE_SECTIONS = ("model", "loss", "train")   # what a trial may change (data and splits are fixed)
-
-
-class SearchDomain(Section):
-    """One entry of a sweep's `space`: how a config key is sampled.
-
-    uniform / loguniform: `low`, `high` (floats; loguniform needs low > 0) · randint: `low`, `high`
-    (integers, both inclusive) · choice: `values` (sampled at random) · grid: `values` (every one)
-    """
-
-    type: Literal["uniform", "loguniform", "randint", "choice", "grid"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _fields_fit_the_type(self) -> "SearchDomain":
-        if self.type in ("choice", "grid"):
-            if not self.values or self.low is not None or self.high is not None:
-                raise ValueError(f"type {self.type} takes a non-empty `values` list and no low/high")
-            return self
-        if self.low is None or self.high is None or self.values is not None:
-            raise ValueError(f"type {self.type} takes `low` and `high` and no `values`")
-        if not self.low < self.high:
-            raise ValueError(f"low={self.low} must be below high={self.high}")
-        if self.type == "loguniform" and self.low <= 0:
-            raise ValueError(f"loguniform needs low > 0, got {self.low}")
-        if self.type == "randint" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError(f"randint needs integer low/high, got {self.low}, {self.high}")
-        return self
-
-    def candidates(self) -> list[Any]:
-        """Values that must all be valid configs: the bounds, or every listed value."""
-        if self.values is not None:
-            return list(self.values)
-        if self.type == "randint":
-            return [int(self.low), int(self.high)]
-        return [self.low, self.high]
-
-
-class SchedulerConfig(Section):
-    type: Literal["asha", "fifo"] = "asha"        # asha: stop poor trials early; fifo: run every trial fully
-    grace_period: int = Field(1, ge=1)            # epochs before a trial can be stopped
-    reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, ge=1)         # default: train.epochs
-
-
-class TrialResources(Section):
-    """What the training workers of one trial use in total, split evenly over train.num_workers
-    (null: train.cpus_per_worker / train.use_gpu as configured). Fractional GPUs pack trials."""
-
-    cpu: float | None = Field(None, gt=0)
-    gpu: float | None = Field(None, ge=0)
-
-
-class SweepConfig(Section):
-    """A Ray Tune sweep (`conf/tune/<name>.yaml`); keys of `space` are dotted config keys."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    metric: str = "val_mAP"
-    mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(8, ge=1)             # samples drawn (× every combination of `grid` entries)
-    max_concurrent_trials: int = Field(1, ge=1)
-    seed: int = 0                                 # of the sampler: the same file draws the same trials
-    scheduler: SchedulerConfig = SchedulerConfig()
-    resources_per_trial: TrialResources = TrialResources()
-    overrides: dict[str, Any] = {}                # dotted config keys set for every trial (e.g. loss: triplet)
-    space: dict[str, SearchDomain]
-
-    @field_validator("metric")
-    @classmethod
-    def _reported_metric(cls, metric: str) -> str:
-        from components import constants as C
-
-        reported = [f"val_{C.METRIC_MAP}", f"val_{C.recall_at(1)}", f"val_{C.METRIC_ACCURACY}", "best_val_mAP", "train_loss"]
-        if metric not in reported:
-            raise ValueError(f"metric {metric!r} is not reported by training; choose one of {reported}")
-        return metric
-
-    @field_validator("space")
-    @classmethod
-    def _tunable_keys(cls, space: dict[str, SearchDomain]) -> dict[str, SearchDomain]:
-        if not space:
-            raise ValueError("space is empty: name at least one config key to sample, e.g. train.lr")
-        for key in space:
-            section, _, rest = key.partition(".")
-            if section not in TUNABLE_SECTIONS or not rest:
-                raise ValueError(f"space key {key!r}: a trial can change keys of {list(TUNABLE_SECTIONS)} only "
-                                 "(e.g. train.lr, model.embedding_dim, loss.params.margin)")
-        return space
-
-
-class IndexConfig(Section):
-    factory: str = "Flat"                # faiss index_factory string
-    num_shards: int = Field(1, ge=1)
-    train_size: int = Field(100_000, ge=1)
-    nprobe: int | None = Field(None, ge=1)
-    ef_search: int | None = Field(None, ge=1)
-    run: str | None = None               # which trained run to index (default: best unseen mAP)
-    splits: list[Literal["train", "val", "unseen"]] = ["train", "val", "unseen"]
-    batch_size: int = Field(256, ge=1)
-    num_actors: int = Field(1, ge=1)
-    use_gpu: bool | None = None
+        return resolve_group("loss", value) if isinstance(value, str) else value
 
 
 class Config(Section):
@@ -270,14 +123,6 @@ class Config(Section):
     tune: SweepConfig | None = None   # `chipmatch tune`: conf/tune/<name>.yaml
 
     @model_validator(mode="after")
-    def _sweep_fits_the_config(self) -> "Config":
-        if self.tune is not None:
-            from pipelines.tune import check_sweep
-
-            check_sweep(self)   # space keys name real config keys; every candidate value validates
-        return self
-
-    @model_validator(mode="after")
     def _runs_reference_earlier_runs(self) -> "Config":
         names: list[str] = []
         for run in self.runs:
@@ -293,66 +138,27 @@ class Config(Section):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (default: conf/quickstart.yaml), apply overrides, validate."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
-    raw = {name: _resolve_group(name, value) for name, value in raw.items()}
+    raw = read_config_file(path)
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return validate(raw)
 
 
 def validate(raw: dict[str, Any]) -> Config:
+    """A raw config as a `Config`; a sweep section is checked against the rest of the config."""
     try:
-        return Config(**raw)
+        config = Config(**raw)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
-    except TypeError as exc:
+    except TypeError as exc:   # e.g. a section given as a list: pydantic cannot unpack it
         raise ConfigError(str(exc)) from None
-
-
-def _resolve_group(section: str, value: Any) -> Any:
-    """A string section value names `conf/<section>/<value>.yaml`."""
-    if not isinstance(value, str):
-        return value
-    group = CONF_DIR / section
-    choices = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
-    file = group / f"{value}.yaml"
-    if not file.is_file():
-        raise ConfigError(f"{section}={value!r}: no file {file}; valid choices: {choices}")
-    return yaml.safe_load(file.read_text()) or {}
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like key=value (e.g. shard.samples_per_shard=500)")
-    dotted, text = override.split("=", 1)
-    keys = [k for k in dotted.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"override {override!r} has an empty key")
-    value = yaml.safe_load(text) if text.strip() else None
-    apply_value(raw, keys, value, f"override {override!r}")
-
-
-def apply_value(raw: dict[str, Any], keys: list[str] | str, value: Any, what: str | None = None) -> None:
-    """Set a dotted key of a raw (unvalidated) config as an override would (`loss` → conf/loss/…)."""
-    keys = keys.split(".") if isinstance(keys, str) else keys
-    what = what or f"key {'.'.join(keys)!r}"
-    if len(keys) == 1:
-        raw[keys[0]] = _resolve_group(keys[0], value)
-        return
-    if keys == ["data", "source"] and raw.get("data", {}).get("source") != value:
-        raw["data"] = {}  # another source: the old source's keys do not apply
-    node = raw
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{what}: {'.'.join(keys[:depth + 1])} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
+    try:
+        check_sweep(config, validate)   # space keys name real config keys; every candidate value validates
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid config:\n  {exc}") from None
+    return config
 
 
 def format_errors(exc: ValidationError) -> str:
@@ -399,7 +205,6 @@ def valid_keys(location: tuple) -> list[str]:
 def _section_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The section model a field holds (also through `X | None` and `dict[str, X]`), and
     whether the next location part is a dict key."""
-    from typing import get_args, get_origin
 
     def model_of(candidate: Any) -> type[BaseModel] | None:
         return candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None

@@ -1,6 +1,6 @@
 """The evaluate stage: every trained run of the config, measured on the unseen classes.
 
-Writes `evaluation.json` next to each run's model (skipped when it exists for the same
+Writes an evaluation record into each run's folder (reused when it is there for the same
 evaluation settings), logs the metrics, a metrics JSON, the retrieval grid and the PR curves
 of all runs of the config on one plot to each run's MLflow run.
 """
@@ -20,14 +20,14 @@ from rich.table import Table
 from components import constants as C
 from components.data.reader import SplitArrays, load_split
 from components.data.versions import open_version
+from components.errors import MissingDataError
 from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
-from components.storage import Store, sha256_json
+from components.storage import reuse_when_complete, sha256_json
 from components.tracking import RunLogger
 from pipelines.config import Config
-from pipelines.ray_session import cluster_has_gpus, ensure_ray
-from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
-
-EVALUATION_PREFIX = "evaluation"
+from pipelines.context import StageContext, stage_context
+from pipelines.ray_session import cluster_has_gpus
+from pipelines.runs import TrainedRun, trained_runs
 
 
 @dataclass
@@ -40,28 +40,29 @@ class EvaluatedRun:
     skipped: bool
 
 
-def run_evaluate(config: Config, console: Console, dataset_uri: str | None = None,
+def run_evaluate(config: Config, context: StageContext | Console | None = None,
                  runs: list[TrainedRun] | None = None) -> list[EvaluatedRun]:
-    dataset_uri = dataset_uri or resolve_dataset(config)
-    runs = runs if runs is not None else trained_runs(config, dataset_uri)
+    context = stage_context(config, context)
+    dataset_uri = context.dataset
+    runs = runs if runs is not None else trained_runs(config, context)
     if not runs:
-        raise FileNotFoundError("no trained runs for this config and dataset version: run `chipmatch train` first")
-    ensure_ray(config.ray)
+        raise MissingDataError("no trained runs for this config and dataset version: run `chipmatch train` first")
+    context.ensure_ray(config.ray)
     settings = config.evaluate.model_dump()
     use_gpu = settings.pop("use_gpu")
     use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
     tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
     evaluated, curves = [], {}
+    store, console = context.store, context.console
     # The unseen chips (for the retrieval grids) are read once, and only if some run needs them.
     unseen_chips = functools.lru_cache(maxsize=1)(lambda: load_split(open_version(dataset_uri), C.SPLIT_UNSEEN))
     for run in runs:
-        store = Store(run.model_uri.rsplit("/model", 1)[0])
-        name = f"{EVALUATION_PREFIX}-{tag}.json"
-        if store.exists(name):
-            saved = store.read_json(name)
+        record_path = run.paths.evaluation(tag)
+        saved = reuse_when_complete(store, record_path)
+        if saved is not None:
             console.log(f"[evaluate] {run.name}: already evaluated, skipping")
             curves[run.name] = (np.array(saved["pr_curve"]["recall"]), np.array(saved["pr_curve"]["precision"]))
-            evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, saved["metrics"], store.uri_of(name), True))
+            evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, saved["metrics"], store.uri_of(record_path), True))
             continue
         console.log(f"[evaluate] {run.name}: embedding unseen classes, taps {config.evaluate.taps}")
         result = evaluate_model(dataset_uri, run.model_uri, tuple(config.evaluate.taps), tuple(config.evaluate.ks),
@@ -72,16 +73,17 @@ def run_evaluate(config: Config, console: Console, dataset_uri: str | None = Non
         record = {"run": run.name, "loss": run.loss, "model": run.model_uri, "dataset": dataset_uri,
                   "metrics": flat, "per_tap": result.metrics, "per_class_AP": result.per_class_ap,
                   "pr_curve": {"recall": result.pr_curves[main][0].tolist(), "precision": result.pr_curves[main][1].tolist()}}
-        store.write_json(name, record)
-        _log(config, run, flat, record, result, unseen_chips())
-        evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(name), False))
+        store.write_json(record_path, record)
+        _log(config, context, run, flat, record, result, unseen_chips())
+        evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(record_path), False))
     if any(not run.skipped for run in evaluated):  # a re-run with nothing new writes nothing
-        _log_pr_curves(config, evaluated, curves)
+        _log_pr_curves(context, evaluated, curves)
     return evaluated
 
 
-def _log(config: Config, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation, chips: SplitArrays) -> None:
-    logger = RunLogger(tracking_uri(config), run.run_id)
+def _log(config: Config, context: StageContext, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation,
+         chips: SplitArrays) -> None:
+    logger = RunLogger(context.tracking_uri, run.run_id)
     logger.log_metrics(flat)
     logger.log_dict(record, "evaluation/metrics.json")
     with tempfile.TemporaryDirectory() as folder:
@@ -101,7 +103,10 @@ def write_retrieval_grid(result: ModelEvaluation, arrays: SplitArrays, tap: str,
     query, gallery = role_masks(unseen.roles)
     query_rows = np.flatnonzero(query)[np.linspace(0, query.sum() - 1, min(num_queries, query.sum())).astype(int)]
     gallery_rows = np.flatnonzero(gallery)
-    images = lambda rows: np.stack([arrays.images[position[unseen.keys[r]]] for r in rows])  # noqa: E731
+
+    def images(rows) -> np.ndarray:
+        return np.stack([arrays.images[position[unseen.keys[r]]] for r in rows])
+
     retrieved_rows = []
     for row in query_rows:
         scores = features[gallery_rows] @ features[row]
@@ -111,16 +116,16 @@ def write_retrieval_grid(result: ModelEvaluation, arrays: SplitArrays, tap: str,
                    [unseen.labels[r] for r in query_rows], [[unseen.labels[i] for i in r] for r in retrieved_rows], path)
 
 
-def _log_pr_curves(config: Config, evaluated: list[EvaluatedRun], curves: dict) -> None:
+def _log_pr_curves(context: StageContext, evaluated: list[EvaluatedRun], curves: dict) -> None:
     from components.evaluation.plots import plot_pr_curves
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pr_curves.png")
         plot_pr_curves({f"{run.name} ({run.loss})": curves[run.name] for run in evaluated}, path)
         with open(path, "rb") as handle:
-            Store(config.storage.root).write_bytes(f"evaluation/{config.tracking.experiment}/pr_curves.png", handle.read())
+            context.store.write_bytes(context.layout.pr_curves(context.experiment), handle.read())
         for run in evaluated:
-            RunLogger(tracking_uri(config), run.run_id).log_artifact(path, "evaluation")
+            RunLogger(context.tracking_uri, run.run_id).log_artifact(path, "evaluation")
 
 
 def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
@@ -131,7 +136,8 @@ def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
     headers = ["run", "loss", *main_columns, C.METRIC_ACCURACY,
                *[f"{tap} {c}" for tap in taps[1:] for c in other_columns]]
     for header in headers:
-        table.add_column(header, justify="left" if header in ("run", "loss") else "right", overflow="fold")
+        table.add_column(header, justify="left" if header in ("run", "loss") else "right",
+                         no_wrap=header in ("run", "loss"), overflow="fold")
     for run in evaluated:
         accuracy = run.metrics.get(C.METRIC_ACCURACY)
         cells = [run.name, run.loss, *[f"{run.metrics.get(c, float('nan')):.4f}" for c in main_columns],

@@ -8,7 +8,6 @@ model bundle and dataset manifest URIs) so `chipmatch search` can embed query im
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -19,13 +18,15 @@ from components import constants as C
 from components.data.versions import open_version
 from components.index.embedding import embed_split
 from components.index.filters import LATITUDE, LONGITUDE, SCENE_ID, TIME
+from components.errors import ConfigError, MissingDataError
 from components.storage import Store
+from components.storage.layout import INDEX_SOURCE_FILENAME
 from components.tracking import RunLogger
 from pipelines.config import Config
-from pipelines.ray_session import cluster_has_gpus, ensure_ray
-from pipelines.train import TrainedRun, resolve_dataset, trained_runs, tracking_uri
+from pipelines.context import StageContext, stage_context
+from pipelines.ray_session import cluster_has_gpus
+from pipelines.runs import TrainedRun, trained_runs
 
-SOURCE_FILE = "source.json"
 # The metadata columns search filters read (named once, in components.index.filters).
 GEO_TIME_FIELDS = (LONGITUDE, LATITUDE, TIME, SCENE_ID)
 
@@ -33,11 +34,11 @@ GEO_TIME_FIELDS = (LONGITUDE, LATITUDE, TIME, SCENE_ID)
 def choose_run(config: Config, runs: list[TrainedRun], metrics: dict[str, dict] | None = None) -> TrainedRun:
     """`index.run` by name, else the run with the best unseen mAP (validation mAP if not evaluated)."""
     if not runs:
-        raise FileNotFoundError("no trained runs for this config and dataset version: run `chipmatch train` first")
+        raise MissingDataError("no trained runs for this config and dataset version: run `chipmatch train` first")
     if config.index.run:
         by_name = {run.name: run for run in runs}
         if config.index.run not in by_name:
-            raise ValueError(f"index.run={config.index.run!r} is not a trained run; trained runs: {sorted(by_name)}")
+            raise ConfigError(f"index.run={config.index.run!r} is not a trained run; trained runs: {sorted(by_name)}")
         return by_name[config.index.run]
     metrics = metrics or {}
     return max(runs, key=lambda r: metrics.get(r.name, {}).get(C.METRIC_MAP, r.metrics.get("best_val_mAP", -1.0)))
@@ -59,15 +60,16 @@ def metadata_table(embedded) -> pd.DataFrame:
     return table
 
 
-def run_index(config: Config, console: Console, dataset_uri: str | None = None,
+def run_index(config: Config, context: StageContext | Console | None = None,
               runs: list[TrainedRun] | None = None, metrics: dict[str, dict] | None = None) -> dict[str, Any]:
     import ray
 
     from components.index import build_index
 
-    dataset_uri = dataset_uri or resolve_dataset(config)
-    run = choose_run(config, runs if runs is not None else trained_runs(config, dataset_uri), metrics)
-    ensure_ray(config.ray)
+    context = stage_context(config, context)
+    console, dataset_uri = context.console, context.dataset
+    run = choose_run(config, runs if runs is not None else trained_runs(config, context), metrics)
+    context.ensure_ray(config.ray)
     settings = config.index
     use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_has_gpus()
     version = open_version(dataset_uri)
@@ -76,9 +78,7 @@ def run_index(config: Config, console: Console, dataset_uri: str | None = None,
              for split in settings.splits if version.shards(split)]
     vectors = np.concatenate([p.features["embedding"] for p in parts])
     metadata = pd.concat([metadata_table(p) for p in parts], ignore_index=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", settings.factory).strip("_")
-    run_folder = run.model_uri.rsplit("/model", 1)[0].split("/runs/", 1)[-1]
-    out = Store(config.storage.root).uri_of(f"indexes/{run_folder}/{slug}-{settings.num_shards}")
+    out = context.store.uri_of(run.paths.index(settings.factory, settings.num_shards))
     console.log(f"[index] building {settings.factory} with {settings.num_shards} shard(s) over {len(vectors)} vectors")
     manifest = build_index(
         vectors, metadata, out, factory=settings.factory, num_shards=settings.num_shards,
@@ -86,9 +86,9 @@ def run_index(config: Config, console: Console, dataset_uri: str | None = None,
         nprobe=settings.nprobe, ef_search=settings.ef_search,
         map_shards=lambda build, tasks: ray.get([ray.remote(build).remote(*task) for task in tasks]),
     )
-    Store(out).write_json(SOURCE_FILE, {"model_uri": run.model_uri, "dataset": dataset_uri, "run": run.name,
+    Store(out).write_json(INDEX_SOURCE_FILENAME, {"model_uri": run.model_uri, "dataset": dataset_uri, "run": run.name,
                                          "image": version.manifest["image"]})
-    RunLogger(tracking_uri(config), run.run_id).set_tags({"index_uri": out, "index_factory": settings.factory})
+    RunLogger(context.tracking_uri, run.run_id).set_tags({"index_uri": out, "index_factory": settings.factory})
     return {"stage": "index", "index": out, "run": run.name, "mlflow_run_id": run.run_id,
             "counts": {"vectors": int(manifest.num_vectors), "shards": len(manifest.shards)},
             "metrics": {"dim": int(manifest.dim)}, "factory": settings.factory}

@@ -10,24 +10,26 @@ from rich.table import Table
 from components import constants as C
 from components.data.ingest import ImageSpec, IngestResult, ingest
 from components.data.sources import build_source
-from components.storage import Store
 from pipelines.config import Config
-from pipelines.ray_session import ensure_ray
+from pipelines.context import StageContext, stage_context
 
 
-def run_ingest(config: Config, console: Console | None = None) -> IngestResult:
-    console = console or Console(stderr=True)
+def run_ingest(config: Config, context: StageContext | Console | None = None) -> IngestResult:
+    """Publish the config's source as a dataset version; the context then works on it."""
+    context = stage_context(config, context)
+    console = context.console
     source = build_source(config.data)
-    store = Store(config.storage.root)
-    ensure_ray(config.ray)
-    return ingest(
-        source, store,
+    context.ensure_ray(config.ray)
+    result = ingest(
+        source, context.store,
         image=ImageSpec(size=config.shard.image_size, channels=config.shard.channels),
         split_spec=config.split.spec(),
         samples_per_shard=config.shard.samples_per_shard,
         drop_duplicates=config.shard.drop_duplicates,
         log=lambda message: console.log(f"[ingest] {message}"),
     )
+    context.dataset = result.manifest_uri
+    return result
 
 
 def summary_table(result: IngestResult) -> Table:

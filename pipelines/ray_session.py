@@ -2,7 +2,8 @@
 
 Default: an embedded local Ray, bound to 127.0.0.1, nothing to start by hand. With
 `ray.address` in config or `RAY_ADDRESS` in the environment (as `ray job submit` sets it),
-the stage joins that cluster instead.
+the stage joins that cluster instead. With a `log_file`, Ray's own output (worker logs,
+Ray Data's progress log) goes there instead of the terminal.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def ensure_ray(config: RayConfig | None = None) -> None:
+def ensure_ray(config: RayConfig | None = None, log_file: str | None = None) -> None:
+    """Connect to Ray once per process; route its output to `log_file` when given."""
     import ray
 
-    if ray.is_initialized():
-        return
-    config = config or RayConfig()
+    if not ray.is_initialized():
+        _start(config or RayConfig())
+    if log_file:
+        from pipelines.ray_compat import send_ray_output_to
+
+        send_ray_output_to(log_file)
+
+
+def _start(config: RayConfig) -> None:
+    import ray
+
     address = config.address or os.environ.get("RAY_ADDRESS")
-    # Ray Data progress bars and summaries are the stage's progress display; keep the rest quiet.
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)

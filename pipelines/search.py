@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from components import constants as C
+from components.errors import ConfigError
 from components.storage import Store
-from pipelines.index import SOURCE_FILE
+from components.storage.layout import INDEX_SOURCE_FILENAME
 
 
 def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +29,7 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
     except OSError as exc:
         raise FileNotFoundError(f"--image {path!r} cannot be read: {exc.strerror}") from None
     except Rejection as rejection:
-        raise ValueError(f"--image {path!r} is not a usable chip: {rejection}") from None
+        raise ConfigError(f"--image {path!r} is not a usable chip: {rejection}") from None
     model = model_from_bundle(load_bundle(source["model_uri"]))
     batch = chip[None, None] if chip.ndim == 2 else np.moveaxis(chip, -1, 0)[None]
     with torch.no_grad():
@@ -41,9 +42,9 @@ def run_search(index_uri: str, image: str | None, embedding: str | None, k: int,
     from components.index import IndexSearcher
 
     if (image is None) == (embedding is None):
-        raise ValueError("give exactly one of --image PATH or --embedding FILE.npy")
+        raise ConfigError("give exactly one of --image PATH or --embedding FILE.npy")
     searcher = IndexSearcher.load(index_uri)
-    source = Store(index_uri).read_json(SOURCE_FILE)
+    source = Store(index_uri).read_json(INDEX_SOURCE_FILENAME)
     chip = None
     if image is not None:
         chip, vectors = embed_image(image, source)
@@ -54,7 +55,7 @@ def run_search(index_uri: str, image: str | None, embedding: str | None, k: int,
         console.print(render(results, image or embedding))
     if grid:
         if chip is None:
-            raise ValueError("--grid needs --image (the query chip is drawn first)")
+            raise ConfigError("--grid needs --image (the query chip is drawn first)")
         write_grid(chip, results, source["dataset"], grid, query_label)
     columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
     return {"stage": "search", "index": index_uri, "results": results[columns].astype(object).where(results[columns].notna(), None).to_dict(orient="records"),

@@ -1,32 +1,17 @@
 """The tune stage: a Ray Tune sweep over model / loss / train keys of a config.
 
-`tune: <name>` (or `tune=<name>` on the command line) selects `conf/tune/<name>.yaml`: the metric
-and mode, how many trials and how many at once, the ASHA scheduler, the resources of one trial,
-fixed `overrides` (e.g. `loss: triplet`) and the `space` (dotted config keys → distributions).
+`tune: <name>` (or `tune=<name>` on the command line) selects `conf/tune/<name>.yaml`; its
+schema and the trial configs it makes are `pipelines.sweep`. Each trial is a function
+(`run_trial`, Ray Train V2 rejects `Tuner(TorchTrainer)`) that trains the sampled config
+exactly as `chipmatch train` does (`pipelines.runs` + `pipelines.trainer`), so a trial may use
+several DDP workers or a GPU. Train's per-epoch reports reach Tune through a Train callback,
+so ASHA sees `val_mAP` after every epoch and stops a trial by ending its actor. What this
+leans on in Ray 2.60 (the ASHA that spares a trial's last epoch, freeing a stopped trial's
+worker group) is `pipelines.ray_compat`; the MLflow parent run and its child runs are
+`components.tracking.parent_runs`.
 
-Trial execution and metric forwarding (Ray Train V2 pattern). Train V2 rejects
-`Tuner(TorchTrainer)`, so each trial is a function (`run_trial`) that builds the same
-TorchTrainer around the same `train_loop_per_worker` as `chipmatch train` (through
-`pipelines.train.plan_run / start_run / fit_run`), so a trial may use several DDP workers or a
-GPU exactly like a training run. The per-epoch `ray.train.report` of the workers reaches Tune
-through Ray's `TuneReportCallback` (a `ray.train.UserCallback` that runs in the Train
-controller and puts rank 0's metrics on the trial's result queue): ASHA sees `val_mAP` after
-every epoch and stops a trial by ending its actor, which takes the trainer it owns with it.
-The training loop itself stays unaware of Tune (`ray.train.report` raises in a Tune session,
-so calling the loop in-trial would need a second reporting path). The trial function
-reserves only `TRIAL_DRIVER_CPU`; its workers reserve `resources_per_trial`.
-
-Two details of stopping: ASHA never stops a trial on its own last epoch (`_asha`), so a
-finished trial closes its MLflow run and logs its model itself; and the placement group of a
-stopped trial's workers, which outlives its dead controller, is removed by the driver
-(`reap_orphaned_worker_groups`) when Ray Train's own cleaner cannot do it.
-
-MLflow: the driver creates the tracking store, the experiment and a parent run before any
-trial starts (two processes creating an sqlite store at once can fail); each trial creates a
-child run (`mlflow.parentRunId`) that rank 0 fills with per-epoch metrics as in training.
-
-Outputs under `<storage.root>/tune/<sweep>/<key>/` (the key hashes the sweep and the trial base
-config, so the same sweep on the same data is done once): `best.yaml` (a complete config for
+Outputs under `tune/<sweep>/<key>/` (the key hashes the sweep and the trial base config, so
+the same sweep on the same data is done once): `best.yaml` (a complete config for
 `chipmatch train --config`), `result.json` (all trials), `ray_tune/` (Tune's experiment),
 `trials/<trial_id>/model` and `trials/<trial_id>/ray_train/` (each trial's model and Train run).
 """
@@ -34,8 +19,6 @@ config, so the same sweep on the same data is done once): `best.yaml` (a complet
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
 import math
 import sys
 import time
@@ -47,110 +30,22 @@ from rich.console import Console
 from rich.table import Table
 
 from components import constants as C
-from components.storage import Store, sha256_json
-from pipelines.config import CONF_DIR, Config, ConfigError, SweepConfig, apply_value, validate
+from components.data.versions import open_version
+from components.errors import ConfigError, ResourceError
+from components.storage import Store, SweepPaths, reuse_when_complete, sha256_json
+from components.tracking import close_child_runs, start_parent_run
+from components.tracking.parent_runs import COMPLETED, ERROR, STOPPED_EARLY
+from pipelines import ray_compat
+from pipelines.config import Config, validate
+from pipelines.context import StageContext, stage_context
+from pipelines.raw_config import apply_value
+from pipelines.runs import plan_run
+from pipelines.sweep import SweepConfig, available_sweeps, base_raw, max_epochs, trial_raw
+from pipelines.trainer import absolute, check_loss_builds, fit_run, start_run
 
-logger = logging.getLogger(__name__)
-
-SWEEPS_DIR = "tune"
-BEST_FILE = "best.yaml"
-RESULT_FILE = "result.json"
-TRIAL_DRIVER_CPU = 0.01       # the trial function only waits on its trainer (0 is rejected by Tune)
 TIME_ATTR = "epoch"           # ASHA's clock: the epoch the loop reports (robust to worker restarts)
-REAP_WINDOW_S, REAP_INTERVAL_S = 30.0, 2.0   # look for a stopped trial's worker group this long, this often
-NOT_TUNABLE = {"train": {"dataset"}}   # a sweep runs on one dataset version
+TRIAL_KEY_TAG, TRIAL_STATUS_TAG = "trial_id", "tune.status"
 
-
-# --- the config side: also called while a config with a `tune` section is validated ------------
-
-def available_sweeps() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "tune").glob("*.yaml"))
-
-
-def base_raw(config: Config) -> dict[str, Any]:
-    """What every trial starts from: the config without `tune` and `runs`, plus the sweep's overrides."""
-    raw = config.model_dump(mode="json", exclude={"tune", "runs"})
-    for key, value in (config.tune.overrides if config.tune else {}).items():
-        apply_value(raw, key, copy.deepcopy(value), f"tune.overrides.{key}")
-    return raw
-
-
-def trial_raw(base: dict[str, Any], sweep: SweepConfig, sampled: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
-    """One trial's raw config (sampled values applied, resources per worker set) and its GPUs per worker."""
-    raw = copy.deepcopy(base)
-    for key, value in sampled.items():
-        apply_value(raw, key, value, f"tune.space.{key}")
-    train = raw.setdefault("train", {})
-    workers = int(train.get("num_workers") or 1)
-    resources = sweep.resources_per_trial
-    if resources.cpu is not None:
-        train["cpus_per_worker"] = resources.cpu / workers
-    gpus_per_worker = None
-    if resources.gpu is not None:
-        train["use_gpu"] = resources.gpu > 0
-        gpus_per_worker = resources.gpu / workers if resources.gpu > 0 else None
-    if train.get("threads_per_worker") is None:
-        # Concurrent trials share the cores: one torch thread per reserved CPU, not one per core.
-        train["threads_per_worker"] = max(1, int(train.get("cpus_per_worker") or 1))
-    return raw, gpus_per_worker
-
-
-def check_sweep(config: Config) -> None:
-    """Every space key is a config key a trial can change, and every candidate value (bounds,
-    listed values) gives a valid config. Raises ValueError naming the key and the valid ones."""
-    sweep = config.tune
-    if sweep is None:
-        return
-    try:
-        base = validate(base_raw(config))
-    except ConfigError as exc:
-        reason = str(exc).removeprefix("invalid config:").strip()
-        raise ValueError(f"tune.overrides of sweep {sweep.name!r} make an invalid config: {reason}") from None
-    for key, domain in sweep.space.items():
-        problem = _unknown_key(base, key)
-        if problem:
-            raise ValueError(f"tune.space: {problem}")
-        for value in domain.candidates():
-            raw = base_raw(config)
-            apply_value(raw, key, value, f"tune.space.{key}")
-            try:
-                validate(raw)
-            except ConfigError as exc:
-                reason = str(exc).removeprefix("invalid config:").strip()
-                raise ValueError(f"tune.space.{key}: the value {value!r} gives an invalid config: {reason}") from None
-    max_t = sweep.scheduler.max_t or max_epochs(sweep, base.train.epochs)
-    if sweep.scheduler.type == "asha" and sweep.scheduler.grace_period > max_t:
-        raise ValueError(f"tune.scheduler.grace_period={sweep.scheduler.grace_period} exceeds max_t={max_t} epochs "
-                         "(max_t defaults to train.epochs): lower grace_period or raise train.epochs")
-
-
-def max_epochs(sweep: SweepConfig, epochs: int) -> int:
-    """The most epochs a trial can train: train.epochs, or the largest sampled value."""
-    domain = sweep.space.get("train.epochs")
-    return int(max(domain.candidates())) if domain else epochs
-
-
-def _unknown_key(base: Config, key: str) -> str | None:
-    from components.losses import SHAPE_PARAMS, loss_params
-
-    section, _, rest = key.partition(".")
-    if section == "loss" and rest.startswith("params."):
-        name = rest.removeprefix("params.")
-        accepted = sorted(set(loss_params(base.loss.name)) - set(SHAPE_PARAMS))
-        if name not in accepted:
-            return (f"{key!r}: loss {base.loss.name!r} has no parameter {name!r}; its parameters: {accepted} "
-                    "(set the loss in the sweep's overrides, e.g. `loss: triplet`)")
-        return None
-    model = type(getattr(base, section))
-    valid = sorted(set(model.model_fields) - NOT_TUNABLE.get(section, set()))
-    if section == "loss":
-        valid = [k for k in valid if k != "params"] + ["params.<name>"]
-    if rest not in valid:
-        return f"{key!r} is not a config key a trial can set; valid keys under {section}: {valid}"
-    return None
-
-
-# --- the driver ---------------------------------------------------------------------------------
 
 @dataclass
 class TrialOutcome:
@@ -179,76 +74,91 @@ class SweepResult:
     skipped: bool = False
 
 
-def run_tune(config: Config, console: Console, dataset_uri: str | None = None) -> SweepResult:
-    from pipelines.ray_session import ensure_ray
-    from pipelines.train import resolve_dataset
-
+def run_tune(config: Config, context: StageContext | Console | None = None) -> SweepResult:
     if config.tune is None:
         raise ConfigError(f"no sweep selected: set tune=<name> (choices: {available_sweeps()}) "
                           "or add a `tune:` section to the config")
-    sweep = config.tune
+    context = stage_context(config, context)
+    sweep, store, console = config.tune, context.store, context.console
     base = base_raw(config)
-    dataset_uri = dataset_uri or resolve_dataset(validate(base))
-    apply_value(base, "train.dataset", dataset_uri)
+    apply_value(base, "train.dataset", context.dataset)
     base_config = validate(base)
-    check_data(sweep, base_config, dataset_uri)
+    check_data(sweep, base_config, context.dataset)
+    check_loss_values(sweep, base, base_config)
     key = sha256_json({"sweep": sweep.model_dump(mode="json"),
                        "base": {s: base[s] for s in ("model", "loss", "train")}})[:12]
-    store = Store(config.storage.root)
-    folder = f"{SWEEPS_DIR}/{sweep.name}/{key}"
-    if store.exists(f"{folder}/{RESULT_FILE}"):
-        console.log(f"[tune] {sweep.name}: already swept ({store.uri_of(folder)}), skipping")
-        return _load_result(store.read_json(f"{folder}/{RESULT_FILE}"))
+    paths = context.layout.sweep(sweep.name, key)
+    done = reuse_when_complete(store, paths.result)
+    if done is not None:
+        console.log(f"[tune] {sweep.name}: already swept ({store.uri_of(paths.folder)}), skipping")
+        return _load_result(done)
 
-    ensure_ray(config.ray)
+    context.ensure_ray(config.ray)
     check_cluster(sweep, base_config)
-    tracking, experiment_id, parent = _start_parent_run(config, sweep, base_config, dataset_uri, key, store)
-    context = {"base": base, "sweep": sweep.model_dump(mode="json"), "dataset_uri": dataset_uri,
-               "tracking_uri": tracking, "experiment_id": experiment_id, "parent_run_id": parent.run_id,
-               "storage_root": config.storage.root, "folder": folder}
+    parent = start_parent_run(
+        context.tracking_uri, context.experiment_id, f"tune-{sweep.name}",
+        tags={"stage": "tune", "sweep": sweep.name, "sweep_key": key, "metric": sweep.metric, "mode": sweep.mode,
+              "loss": base_config.loss.name, "dataset": context.dataset},
+        params={"tune": sweep.model_dump(mode="json"),
+                "base": {"model": base_config.model.model_dump(), "loss": base_config.loss.model_dump()}})
+    trial_context = {"base": base, "sweep": sweep.model_dump(mode="json"), "dataset_uri": context.dataset,
+                     "tracking_uri": context.tracking_uri, "experiment_id": context.experiment_id,
+                     "parent_run_id": parent.run_id, "storage_root": store.uri, "sweep_paths": asdict(paths)}
     console.log(f"[tune] {sweep.name}: {sweep.num_samples} samples, ≤{sweep.max_concurrent_trials} at once, "
-                f"{sweep.scheduler.type} on {sweep.metric} ({sweep.mode}), outputs in {store.uri_of(folder)}")
+                f"{sweep.scheduler.type} on {sweep.metric} ({sweep.mode}), outputs in {store.uri_of(paths.folder)}")
     try:
         with contextlib.redirect_stdout(sys.stderr):   # Tune prints a banner; stdout is for --json
-            grid = _tuner(sweep, base_config, context, store.uri_of(folder), console).fit()
-        _free_stopped_trials()
+            grid = _tuner(sweep, base_config, trial_context, store.uri_of(paths.ray_tune), console).fit()
+        ray_compat.free_stopped_trials()
         trials = _outcomes(grid, sweep, base_config)
-        _close_child_runs(tracking, experiment_id, parent.run_id, trials)
+        linked = close_child_runs(context.tracking_uri, context.experiment_id, parent.run_id,
+                                  {t.trial_id: t.status for t in trials}, TRIAL_KEY_TAG, TRIAL_STATUS_TAG)
+        for trial in trials:
+            trial.run_id = linked.get(trial.trial_id)
         ranked = rank_trials(trials, sweep.mode)
         if not ranked or ranked[0].value is None:
             errors = "; ".join(f"{t.trial_id}: {t.error}" for t in trials if t.error)[:2000]
             raise RuntimeError(f"sweep {sweep.name}: no trial reported {sweep.metric}" + (f" ({errors})" if errors else ""))
         best = ranked[0]
+        assert best.value is not None   # ranked puts trials without a value last
         best_raw, _ = trial_raw(base, sweep, best.params)
         validate(best_raw)   # what `chipmatch train --config best.yaml` will load
-        store.write_bytes(f"{folder}/{BEST_FILE}", _best_yaml(best_raw, sweep, best, parent.run_id).encode())
-        result = SweepResult(sweep.name, sweep.metric, sweep.mode, store.uri_of(f"{folder}/{BEST_FILE}"), best.value,
-                             best.trial_id, best.params, parent.run_id, store.uri_of(folder), ranked)
+        store.write_bytes(paths.best_config, _best_yaml(best_raw, sweep, best, parent.run_id).encode())
+        result = SweepResult(sweep.name, sweep.metric, sweep.mode, store.uri_of(paths.best_config), best.value,
+                             best.trial_id, best.params, parent.run_id, store.uri_of(paths.folder), ranked)
         parent.log_metrics({f"best_{sweep.metric}": best.value, "trials": len(trials),
-                            "trials_stopped_early": sum(t.status == "stopped early" for t in trials),
-                            "trials_failed": sum(t.status == "error" for t in trials)})
+                            "trials_stopped_early": sum(t.status == STOPPED_EARLY for t in trials),
+                            "trials_failed": sum(t.status == ERROR for t in trials)})
         parent.set_tags({"best_trial": best.trial_id, "best_run_id": best.run_id or "", "best_config": result.best_config_uri})
-        parent.log_dict(best_raw, BEST_FILE)
+        parent.log_dict(best_raw, paths.best_config.rsplit("/", 1)[-1])
         parent.log_dict({"trials": [asdict(t) for t in ranked]}, "trials.json")
     except BaseException:   # also Ctrl-C: the parent run never stays RUNNING
         parent.terminate("FAILED")
         raise
     parent.terminate("FINISHED")
-    store.write_json(f"{folder}/{RESULT_FILE}", asdict(result))
+    store.write_json(paths.result, asdict(result))
     return result
 
 
 def check_data(sweep: SweepConfig, base: Config, dataset_uri: str) -> None:
     """P (classes per batch) can never exceed the dataset's training classes."""
-    from components.data.versions import open_version
-
     classes = len(open_version(dataset_uri).manifest.get("counts", {}).get(C.SPLIT_TRAIN, {})) or None
     domain = sweep.space.get("train.classes_per_batch")
     largest = max(domain.candidates()) if domain else base.train.classes_per_batch
     if classes and largest > classes:
         where = "tune.space.train.classes_per_batch" if domain else "train.classes_per_batch"
-        raise ValueError(f"{where}: P={largest} exceeds the {classes} training classes of {dataset_uri}: "
-                         f"keep P ≤ {classes}")
+        raise ConfigError(f"{where}: P={largest} exceeds the {classes} training classes of {dataset_uri}: "
+                          f"keep P ≤ {classes}")
+
+
+def check_loss_values(sweep: SweepConfig, base: dict[str, Any], base_config: Config) -> None:
+    """Build the trials' loss on the driver with every candidate of its sampled parameters
+    (reading the config checked their names only)."""
+    sampled = {k: d for k, d in sweep.space.items() if k.startswith("loss.")}
+    variants = [base_config] + [validate(trial_raw(base, sweep, {k: v})[0]) for k, d in sampled.items() for v in d.candidates()]
+    for variant in variants:
+        planned = plan_run(variant, "trial", variant.loss, variant.train, base_config.train.dataset or "")
+        check_loss_builds(variant, planned)
 
 
 def check_cluster(sweep: SweepConfig, base: Config) -> None:
@@ -263,40 +173,25 @@ def check_cluster(sweep: SweepConfig, base: Config) -> None:
     gpu = sweep.resources_per_trial.gpu
     if gpu is None:
         gpu = workers if (base.train.use_gpu or (base.train.use_gpu is None and have_gpu > 0)) else 0
-    need_cpu = cpu + TRIAL_DRIVER_CPU
+    need_cpu = cpu + ray_compat.TRIAL_DRIVER_CPU
     if need_cpu > have_cpu:
-        raise ValueError(f"one trial needs {cpu:g} CPUs for its training workers + {TRIAL_DRIVER_CPU} for the trial "
-                         f"itself, but the cluster has {have_cpu:g}: lower tune.resources_per_trial.cpu, or start Ray "
-                         f"with more logical CPUs (ray.num_cpus={math.ceil(need_cpu) + 1}) or join a bigger cluster")
+        raise ResourceError(f"one trial needs {cpu:g} CPUs for its training workers + {ray_compat.TRIAL_DRIVER_CPU} for the "
+                            f"trial itself, but the cluster has {have_cpu:g}: lower tune.resources_per_trial.cpu, or start "
+                            f"Ray with more logical CPUs (ray.num_cpus={math.ceil(need_cpu) + 1}) or join a bigger cluster")
     if gpu > have_gpu:
-        raise ValueError(f"tune.resources_per_trial.gpu={gpu:g} but the cluster has {have_gpu:g} GPUs: "
-                         "set tune.resources_per_trial.gpu=0 to train on CPU, or join a cluster with GPUs")
+        raise ResourceError(f"tune.resources_per_trial.gpu={gpu:g} but the cluster has {have_gpu:g} GPUs: "
+                            "set tune.resources_per_trial.gpu=0 to train on CPU, or join a cluster with GPUs")
     if gpu and gpu / workers > 1 and gpu % workers:
-        raise ValueError(f"tune.resources_per_trial.gpu={gpu:g} over train.num_workers={workers} gives a fractional "
-                         "GPU count above 1 per worker, which Ray cannot place: use a multiple of the workers")
+        raise ConfigError(f"tune.resources_per_trial.gpu={gpu:g} over train.num_workers={workers} gives a fractional "
+                          "GPU count above 1 per worker, which Ray cannot place: use a multiple of the workers")
     fits = int(have_cpu // need_cpu)
     if gpu:
         fits = min(fits, int(have_gpu // gpu))
     if sweep.max_concurrent_trials > fits:
-        raise ValueError(f"tune.max_concurrent_trials={sweep.max_concurrent_trials}: the cluster ({have_cpu:g} CPUs, "
-                         f"{have_gpu:g} GPUs) holds {fits} trial(s) of {cpu:g} CPUs + {gpu:g} GPUs at once; set "
-                         f"tune.max_concurrent_trials={max(fits, 1)}, lower tune.resources_per_trial, or give Ray more "
-                         "logical CPUs (ray.num_cpus)")
-
-
-def _start_parent_run(config: Config, sweep: SweepConfig, base: Config, dataset_uri: str, key: str, store: Store):
-    from components.tracking import RunLogger, create_run, ensure_experiment, prepare_store
-    from pipelines.train import tracking_uri
-
-    tracking = tracking_uri(config)
-    prepare_store(tracking)   # once, here: trials then only open an existing store
-    experiment_id = ensure_experiment(tracking, config.tracking.experiment, store.uri_of("mlartifacts"))
-    tags = {"stage": "tune", "sweep": sweep.name, "sweep_key": key, "metric": sweep.metric, "mode": sweep.mode,
-            "loss": base.loss.name, "dataset": dataset_uri}
-    parent = RunLogger(tracking, create_run(tracking, experiment_id, f"tune-{sweep.name}", tags))
-    parent.log_params({"tune": sweep.model_dump(mode="json"), "base": {"model": base.model.model_dump(),
-                                                                          "loss": base.loss.model_dump()}})
-    return tracking, experiment_id, parent
+        raise ResourceError(f"tune.max_concurrent_trials={sweep.max_concurrent_trials}: the cluster ({have_cpu:g} CPUs, "
+                            f"{have_gpu:g} GPUs) holds {fits} trial(s) of {cpu:g} CPUs + {gpu:g} GPUs at once; set "
+                            f"tune.max_concurrent_trials={max(fits, 1)}, lower tune.resources_per_trial, or give Ray more "
+                            "logical CPUs (ray.num_cpus)")
 
 
 def param_space(sweep: SweepConfig) -> dict[str, Any]:
@@ -304,12 +199,13 @@ def param_space(sweep: SweepConfig) -> dict[str, Any]:
 
     space: dict[str, Any] = {}
     for key, domain in sweep.space.items():
+        low, high = domain.low, domain.high
         if domain.type == "uniform":
-            space[key] = tune.uniform(domain.low, domain.high)
+            space[key] = tune.uniform(low, high)
         elif domain.type == "loguniform":
-            space[key] = tune.loguniform(domain.low, domain.high)
+            space[key] = tune.loguniform(low, high)
         elif domain.type == "randint":
-            space[key] = tune.randint(int(domain.low), int(domain.high) + 1)   # Tune's upper bound is exclusive
+            space[key] = tune.randint(int(low or 0), int(high or 0) + 1)   # Tune's upper bound is exclusive
         elif domain.type == "choice":
             space[key] = tune.choice(domain.values)
         else:
@@ -317,72 +213,49 @@ def param_space(sweep: SweepConfig) -> dict[str, Any]:
     return space
 
 
-def _tuner(sweep: SweepConfig, base: Config, context: dict, folder_uri: str, console: Console):
+def asha(sweep: SweepConfig, epochs: int):
+    """The sweep's ASHA scheduler on the epoch clock (see `ray_compat.end_aware_asha`)."""
+    return ray_compat.end_aware_asha(TIME_ATTR, sweep.scheduler.max_t or max_epochs(sweep, epochs),
+                                     sweep.scheduler.grace_period, sweep.scheduler.reduction_factor, epochs)
+
+
+def _tuner(sweep: SweepConfig, base: Config, trial_context: dict, folder_uri: str, console: Console):
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from pipelines.train import _absolute
-
-    if sweep.scheduler.type == "asha":
-        scheduler = _asha(sweep, base.train.epochs)
-    else:
-        scheduler = FIFOScheduler()
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": TRIAL_DRIVER_CPU})
+    scheduler = asha(sweep, base.train.epochs) if sweep.scheduler.type == "asha" else FIFOScheduler()
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=trial_context),
+                                    {"cpu": ray_compat.TRIAL_DRIVER_CPU})
     return tune.Tuner(
         trainable,
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples, scheduler=scheduler,
             search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent_trials, random_state=sweep.seed)),
-        run_config=tune.RunConfig(name="ray_tune", storage_path=_absolute(folder_uri), verbose=0,
+        run_config=tune.RunConfig(name="ray_tune", storage_path=absolute(folder_uri), verbose=0,
                                   callbacks=[_progress_callback(console, sweep.metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)),   # Train retries workers itself
     )
-
-
-def _asha(sweep: SweepConfig, epochs: int):
-    """ASHA on `epoch` that never stops a trial at its own last epoch.
-
-    Tune stops a trial by ending its actor. A STOP on the last report (plain ASHA stops every
-    trial at max_t) would end it while `fit_run` still closes its MLflow run and rank 0 logs the
-    model, so such a decision becomes CONTINUE: the trial then ends by itself. Stops at
-    earlier rungs are real early stops.
-    """
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    class EndAwareASHA(ASHAScheduler):
-        def on_trial_result(self, tune_controller, trial, result):
-            action = super().on_trial_result(tune_controller, trial, result)
-            last_epoch = int(trial.config.get("train.epochs", epochs))
-            if action == TrialScheduler.STOP and result.get(TIME_ATTR, 0) >= last_epoch:
-                return TrialScheduler.CONTINUE
-            return action
-
-    return EndAwareASHA(time_attr=TIME_ATTR, max_t=sweep.scheduler.max_t or max_epochs(sweep, epochs),
-                        grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
 
 
 def run_trial(sampled: dict[str, Any], context: dict[str, Any]) -> None:
     """One Tune trial (runs in the trial's actor): train the sampled config exactly as
     `chipmatch train` would, with Train's reports forwarded to Tune."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from pipelines.train import fit_run, plan_run, start_run
 
     sweep = SweepConfig(**context["sweep"])
+    paths = SweepPaths(**context["sweep_paths"])
     trial_id = ray.tune.get_context().get_trial_id()
     raw, gpus_per_worker = trial_raw(context["base"], sweep, sampled)
     config = validate(raw)
     planned = plan_run(config, f"{sweep.name}-{trial_id}", config.loss, config.train, context["dataset_uri"])
-    tags = {"stage": "tune-trial", "sweep": sweep.name, "trial_id": trial_id,
+    tags = {"stage": "tune-trial", "sweep": sweep.name, TRIAL_KEY_TAG: trial_id,
             **{f"sampled.{k}": v for k, v in sampled.items()}}
     logger = start_run(planned, context["tracking_uri"], context["experiment_id"], context["parent_run_id"], tags)
     store = Store(context["storage_root"])
-    folder = f"{context['folder']}/trials/{trial_id}"
-    fit_run(planned, logger, store.uri_of(f"{folder}/model"), store.uri_of(f"{folder}/ray_train"), trial_id,
-            callbacks=[TuneReportCallback()], gpus_per_worker=gpus_per_worker)
+    fit_run(planned, logger, store.uri_of(paths.trial_model(trial_id)), store.uri_of(paths.trial_ray_train(trial_id)),
+            trial_id, callbacks=[ray_compat.train_report_to_tune_callback()], gpus_per_worker=gpus_per_worker)
 
 
 def _progress_callback(console: Console, metric: str):
@@ -390,7 +263,7 @@ def _progress_callback(console: Console, metric: str):
 
     class Progress(tune.Callback):
         """One line per trial epoch and per ended trial (Tune's own reporter is off); after a
-        trial ends, frees the worker group of a trainer it left behind (see reap_orphaned_worker_groups)."""
+        trial ends, frees the worker group of a trainer it left behind (ray_compat)."""
 
         def __init__(self, console: Console | None, metric: str):
             self.console, self.metric = console, metric
@@ -409,65 +282,20 @@ def _progress_callback(console: Console, metric: str):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.log(f"[tune] {trial.trial_id} ended")
-            self.reap_until = time.monotonic() + REAP_WINDOW_S
+            self.reap_until = time.monotonic() + ray_compat.REAP_WINDOW_S
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.log(f"[tune] [red]{trial.trial_id} failed[/]")
-            self.reap_until = time.monotonic() + REAP_WINDOW_S
+            self.reap_until = time.monotonic() + ray_compat.REAP_WINDOW_S
 
         def on_step_end(self, iteration, trials, **info):
             now = time.monotonic()
-            if now < self.reap_until and now - self.last_reap >= REAP_INTERVAL_S:
+            if now < self.reap_until and now - self.last_reap >= ray_compat.REAP_INTERVAL_S:
                 self.last_reap = now
-                for group in reap_orphaned_worker_groups():
+                for group in ray_compat.reap_orphaned_worker_groups():
                     self.log(f"[tune] freed the worker group {group[:12]} of a stopped trial")
 
     return Progress(console, metric)
-
-
-def reap_orphaned_worker_groups() -> list[str]:
-    """Remove placement groups of Train worker groups whose controller died; returns their ids.
-
-    ASHA stops a trial by ending its actor, which takes the trial's Train controller and
-    workers with it, but not the workers' placement group: that lives as long as the job,
-    and Ray Train's own detached PlacementGroupCleaner, which should remove it, finds the
-    cluster by auto-detection and gives up when several Ray instances run on one host. Left
-    alone, every stopped trial would keep its CPUs/GPUs for the rest of the sweep. A group is
-    removed only when it belongs to this job, is still CREATED and holds no live actor, and a
-    RayTrainWorker in it died because its owner (the controller) died: a dead controller can
-    never use it again, and a live one restarting its workers is never touched.
-    """
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_actors, list_placement_groups
-
-    context = ray.get_runtime_context()
-    try:
-        actors = list_actors(address=context.gcs_address, filters=[("job_id", "=", context.get_job_id())],
-                             detail=True, limit=10_000, raise_on_missing_output=False)
-        created = {g.placement_group_id for g in list_placement_groups(
-            address=context.gcs_address, filters=[("state", "=", "CREATED")], limit=10_000,
-            raise_on_missing_output=False)}
-    except Exception as exc:  # noqa: BLE001 - no dashboard / state API: Ray's cleaner is the only one then
-        logger.warning("cannot list actors to free stopped trials' worker groups: %s", exc)
-        return []
-    live_groups = {a.placement_group_id for a in actors if a.state != "DEAD"}
-    orphaned = {a.placement_group_id for a in actors
-                if a.class_name.rsplit(".", 1)[-1] == "RayTrainWorker" and a.state == "DEAD" and a.placement_group_id in created
-                and a.placement_group_id not in live_groups and _owner_died(a.death_cause)}
-    removed = []
-    for group in sorted(orphaned):
-        try:
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
-            removed.append(group)
-        except Exception:  # noqa: BLE001 - removed meanwhile (by Ray's cleaner)
-            pass
-    return removed
-
-
-def _owner_died(death_cause: dict | None) -> bool:
-    context = (death_cause or {}).get("actor_died_error_context") or {}
-    return context.get("reason") == "OWNER_DIED" or "owner has died" in str(context.get("error_message", ""))
 
 
 def _outcomes(grid, sweep: SweepConfig, base: Config) -> list[TrialOutcome]:
@@ -483,55 +311,10 @@ def _outcomes(grid, sweep: SweepConfig, base: Config) -> list[TrialOutcome]:
         value = (max(values) if sweep.mode == "max" else min(values)) if values else None
         epochs = int(last.get(TIME_ATTR, 0))
         planned_epochs = int(params.get("train.epochs", base.train.epochs))
-        status = "error" if result.error else ("completed" if epochs >= planned_epochs else "stopped early")
+        status = ERROR if result.error else (COMPLETED if epochs >= planned_epochs else STOPPED_EARLY)
         trials.append(TrialOutcome(trial_id, params, status, epochs, value, last,
                                    error=str(result.error).splitlines()[0][:300] if result.error else None))
     return trials
-
-
-def _free_stopped_trials(wait_s: float = 10.0) -> None:
-    """After the sweep: the last stopped trials' worker groups may outlive it by a moment."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        reap_orphaned_worker_groups()
-        if time.monotonic() >= deadline or not _dead_trainers_pending():
-            return
-        time.sleep(1.0)
-
-
-def _dead_trainers_pending() -> bool:
-    """Whether a Train worker of this job is still alive (a trial's trainer being torn down)."""
-    import ray
-    from ray.util.state import list_actors
-
-    context = ray.get_runtime_context()
-    try:
-        return bool(list_actors(address=context.gcs_address, limit=10_000, raise_on_missing_output=False,
-                                filters=[("job_id", "=", context.get_job_id()), ("class_name", "=", "RayTrainWorker"),
-                                         ("state", "!=", "DEAD")]))
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _close_child_runs(tracking: str, experiment_id: str, parent_run_id: str, trials: list[TrialOutcome]) -> None:
-    """Link trials to their child runs; end the runs of trials that ASHA stopped (KILLED) or that failed."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=10000)
-    by_trial = {run.data.tags.get("trial_id"): run for run in runs}
-    for trial in trials:
-        run = by_trial.get(trial.trial_id)
-        if run is None:
-            continue
-        trial.run_id = run.info.run_id
-        client.set_tag(run.info.run_id, "tune.status", trial.status)
-        # A stopped trial's actor ends mid-epoch; its trainer may have marked the run FAILED first.
-        if trial.status == "stopped early" and run.info.status != "FINISHED":
-            client.set_terminated(run.info.run_id, "KILLED")
-        elif run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "FAILED" if trial.status == "error" else "KILLED")
 
 
 def rank_trials(trials: list[TrialOutcome], mode: str) -> list[TrialOutcome]:

@@ -7,9 +7,13 @@ On top of it this module adds what the pipeline relies on:
 - atomic writes: bytes go to a temporary name next to the target and are then moved into
   place, so a reader never sees half a file and a crash leaves only ``*.tmp-*`` debris that
   `remove_temporaries` clears;
-- content addressing helpers (sha256 of bytes and of canonical JSON).
+- content addressing helpers (sha256 of bytes and of canonical JSON);
+- `Layout`: the relative path of every stage output, and `reuse_when_complete`, the one
+  "skip when the output is complete" check (see `components.storage.layout`).
 """
 
+from components.storage.layout import Layout, RunPaths, SweepPaths, reuse_when_complete
 from components.storage.store import Store, canonical_json, sha256_bytes, sha256_json
 
-__all__ = ["Store", "canonical_json", "sha256_bytes", "sha256_json"]
+__all__ = ["Layout", "RunPaths", "Store", "SweepPaths", "canonical_json", "reuse_when_complete", "sha256_bytes",
+           "sha256_json"]

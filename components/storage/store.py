@@ -7,9 +7,11 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
+
+from components.errors import ConfigError
 
 TEMP_MARKER = ".tmp-"
 
@@ -36,13 +38,13 @@ class Store:
 
     def __init__(self, root_uri: str):
         if not root_uri:
-            raise ValueError("storage.root must be a path or URI, got an empty string")
+            raise ConfigError("storage.root must be a path or URI, got an empty string")
         if "://" not in root_uri:
             root_uri = os.path.abspath(os.path.expanduser(root_uri))
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(root_uri)
         except Exception as exc:  # pyarrow raises several types for bad URIs
-            raise ValueError(
+            raise ConfigError(
                 f"storage.root {root_uri!r} cannot be opened ({exc}); use a local path or a "
                 "URI pyarrow supports (s3://bucket/prefix, gs://bucket/prefix, hdfs://...)"
             ) from exc
@@ -65,15 +67,12 @@ class Store:
             self.write_bytes(probe, b"ok")
             self.delete(probe)
         except Exception as exc:  # noqa: BLE001 - any filesystem error means the same to the user
-            raise ValueError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
+            raise ConfigError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
                              "writable local path or a reachable s3://, gs:// URI") from None
 
     # -- queries ------------------------------------------------------------------------
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
-
-    def size(self, relative: str) -> int:
-        return self.fs.get_file_info(self.path(relative)).size
 
     def list(self, relative: str = "", recursive: bool = False) -> list[str]:
         """Relative paths of the files (not directories) below `relative`; [] if it is absent."""
@@ -108,9 +107,6 @@ class Store:
 
     def open_input(self, relative: str):
         return self.fs.open_input_stream(self.path(relative))
-
-    def iter_files(self, relative: str = "") -> Iterator[str]:
-        yield from self.list(relative, recursive=True)
 
     # -- writing ------------------------------------------------------------------------
     def write_bytes(self, relative: str, data: bytes) -> None:

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from components import constants as C
+from components.errors import ConfigError, MissingDataError
 
 COLUMNS = {  # column → MLflow metric key
     "train_seconds": "train_seconds",
@@ -27,7 +28,7 @@ def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
+        raise MissingDataError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
     runs = client.search_runs([found.experiment_id], filter_string="tags.stage = 'train' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=5000)
     rows, seen = [], set()
@@ -46,7 +47,7 @@ def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 def sort_table(table: pd.DataFrame, key: str, descending: bool | None = None) -> pd.DataFrame:
     if key not in table.columns:
-        raise ValueError(f"cannot sort by {key!r}; columns: {list(table.columns)}")
+        raise ConfigError(f"cannot sort by {key!r}; columns: {list(table.columns)}")
     if descending is None:  # bigger is better for metrics, smaller for time
         descending = key not in ("train_seconds", "run", "loss")
     return table.sort_values(key, ascending=not descending, na_position="last", kind="stable").reset_index(drop=True)

@@ -54,6 +54,12 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
         return experiment.experiment_id
 
 
+def open_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Create the store (once, from the driver) and the experiment if needed; its id."""
+    prepare_store(tracking_uri)
+    return ensure_experiment(tracking_uri, name, artifact_location)
+
+
 def create_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, Any] | None = None,
                parent_run_id: str | None = None) -> str:
     tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -89,8 +95,9 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=fresh[start:start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(mlflow_key(k), float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]

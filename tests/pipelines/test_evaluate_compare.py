@@ -13,8 +13,9 @@ from rich.console import Console
 from components import constants as C
 from pipelines.compare import run_compare
 from pipelines.config import load_config
+from pipelines.context import tracking_uri
 from pipelines.evaluate import run_evaluate
-from pipelines.train import run_train, tracking_uri
+from pipelines.train import run_train
 
 pytestmark = pytest.mark.slow
 

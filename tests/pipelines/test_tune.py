@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from pipelines.config import ConfigError, load_config
-from pipelines.tune import TrialOutcome, available_sweeps, check_cluster, rank_trials, trial_raw
+from pipelines.sweep import available_sweeps, base_raw, trial_raw
+from pipelines.tune import TrialOutcome, check_cluster, rank_trials
 
 SHIPPED = ["contrastive_margins", "embedding_lr", "multi_similarity", "pk", "proxy_anchor", "triplet_margin"]
 
@@ -93,8 +94,6 @@ def test_bad_distributions_and_values_are_named(tmp_path):
 def test_trial_config_gets_the_sampled_values_and_the_trial_resources(tmp_path):
     config = load_config(config_file(tmp_path, {**sweep_of(), "resources_per_trial": {"cpu": 4, "gpu": 1}}),
                          ["train.num_workers=2"])
-    from pipelines.tune import base_raw
-
     raw, gpus_per_worker = trial_raw(base_raw(config), config.tune, {"train.lr": 0.005, "model.embedding_dim": 64})
     assert raw["train"]["lr"] == 0.005 and raw["model"]["embedding_dim"] == 64
     assert raw["train"]["cpus_per_worker"] == 2 and raw["train"]["threads_per_worker"] == 2
@@ -134,11 +133,11 @@ def test_asha_stops_poor_trials_early_but_never_at_their_last_epoch(tmp_path):
 
     from ray.tune.schedulers import TrialScheduler
 
-    from pipelines.tune import _asha
+    from pipelines.tune import asha
 
     config = load_config(config_file(tmp_path, {**sweep_of(), "scheduler": {"grace_period": 1, "reduction_factor": 2}}),
                          ["train.epochs=3"])
-    scheduler = _asha(config.tune, config.train.epochs)
+    scheduler = asha(config.tune, config.train.epochs)
     scheduler.set_search_properties("val_mAP", "max")
     good, poor, short = (SimpleNamespace(trial_id=n, config=c) for n, c in
                          (("good", {}), ("poor", {}), ("short", {"train.epochs": 1})))
@@ -180,7 +179,7 @@ def test_tiny_asha_sweep_end_to_end(tiny_dataset, ray_session, tmp_path, capsys)
     from rich.console import Console
 
     from pipelines.cli import main
-    from pipelines.train import tracking_uri
+    from pipelines.context import tracking_uri
     from pipelines.tune import run_tune, summary_table
 
     root, manifest = tiny_dataset
@@ -262,7 +261,7 @@ def test_orphaned_worker_groups_are_freed_and_live_ones_kept(ray_session):
     from ray.util.placement_group import placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from pipelines.tune import reap_orphaned_worker_groups
+    from pipelines.ray_compat import reap_orphaned_worker_groups
 
     @ray.remote(num_cpus=1)
     class RayTrainWorker:   # the class name is what the reaper looks for

@@ -1,0 +1,22 @@
+"""The `index` section: the faiss factory string, sharding and search defaults, and what to embed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class IndexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factory: str = "Flat"                # faiss index_factory string
+    num_shards: int = Field(1, ge=1)
+    train_size: int = Field(100_000, ge=1)
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+    run: str | None = None               # which trained run to index (default: best unseen mAP)
+    splits: list[Literal["train", "val", "unseen"]] = ["train", "val", "unseen"]
+    batch_size: int = Field(256, ge=1)
+    num_actors: int = Field(1, ge=1)
+    use_gpu: bool | None = None
