@@ -5,9 +5,10 @@
 
 `build_shard` is a plain function of (trained index bytes, vectors, ids), so a caller can run
 the shards in parallel (Ray tasks) by passing `map_shards` to `build_index`. Vectors are
-L2-normalised and searched by inner product (see `factory`). Each shard adds its vectors in
-ascending id order, so on score ties faiss (which prefers earlier-added vectors) also prefers
-lower ids, the same rule the searcher uses to merge shards.
+L2-normalised and searched by inner product (see `factory`). Every shard is a copy of the
+one trained index (an IVF index's coarse quantizer is trained once and shared), holds a
+contiguous id range and adds its vectors in ascending id order, so the searcher can merge
+the shards with faiss into exactly the index an unsharded build makes (see `search`).
 
 `build_index` writes the shard files, a metadata Parquet table and the manifest (last)
 through `components.storage.Store`, so local paths and s3:// / gs:// URIs work, every file is
@@ -97,7 +98,7 @@ def build_shard(trained_index: bytes, vectors: np.ndarray, ids: np.ndarray) -> b
     ids = np.asarray(ids, dtype=np.int64)
     if ids.shape != (vectors.shape[0],):
         raise ValueError(f"ids must have one entry per vector ({vectors.shape[0]}), got shape {ids.shape}")
-    order = np.argsort(ids, kind="stable")  # ascending ids: ties prefer lower ids (module doc)
+    order = np.argsort(ids, kind="stable")  # ascending ids: merged shards match an unsharded build
     index.add_with_ids(np.ascontiguousarray(vectors[order]), np.ascontiguousarray(ids[order]))
     return faiss.serialize_index(index).tobytes()
 

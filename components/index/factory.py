@@ -11,6 +11,9 @@ Index types (faiss factory strings) this project uses and tests:
   IVF{nlist},PQ{m}    inverted lists, product-quantised vectors; dim must be divisible by m
   HNSW{M}             graph index (search: efSearch)
 Other strings faiss parses are accepted as they are.
+
+The IVF layer of an index (under an IDMap or a pre-transform such as PCA) is found with
+faiss's own `try_extract_index_ivf`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 SUPPORTED_EXAMPLES = "Flat, IVF{nlist},Flat, IVF{nlist},SQ8, IVF{nlist},PQ{m}, HNSW{M}"
 METRIC_NAME = "inner_product"
+FAMILIES = ("ivf", "hnsw", "flat", "other")
 
 
 def new_index(factory: str, dim: int) -> faiss.Index:
@@ -51,8 +55,8 @@ def with_id_map(index: faiss.Index) -> faiss.Index:
     return faiss.IndexIDMap2(index)  # the Python wrapper keeps the inner index alive
 
 
-def _core(index: faiss.Index) -> Any:
-    """The index under an IDMap wrapper, downcast to its concrete type."""
+def _without_id_map(index: faiss.Index) -> Any:
+    """The index under an IDMap wrapper (the builder's own), downcast to its concrete type."""
     index = faiss.downcast_index(index)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.downcast_index(index.index)
@@ -61,36 +65,64 @@ def _core(index: faiss.Index) -> Any:
 
 def index_family(index: faiss.Index) -> str:
     """'ivf', 'hnsw', 'flat' or 'other' (what decides the search parameters)."""
-    core = _core(index)
-    if isinstance(core, faiss.IndexIVF):
+    inner = _without_id_map(index)
+    if isinstance(inner, faiss.IndexRefine):
+        return "other"  # takes IndexRefineSearchParameters, not the IVF ones of its base index
+    if faiss.try_extract_index_ivf(index) is not None:
         return "ivf"
-    if isinstance(core, faiss.IndexHNSW):
+    if isinstance(inner, faiss.IndexHNSW):
         return "hnsw"
-    if isinstance(core, faiss.IndexFlat):
+    if isinstance(inner, faiss.IndexFlat):
         return "flat"
     return "other"
 
 
+def index_search_settings(index: faiss.Index) -> dict[str, int]:
+    """The search settings stored in the index itself: {'nprobe': n} for IVF,
+    {'efSearch': n} for HNSW, {} otherwise (the fallback when a search sets none)."""
+    family = index_family(index)
+    if family == "ivf":
+        return {"nprobe": int(faiss.extract_index_ivf(index).nprobe)}
+    if family == "hnsw":
+        return {"efSearch": int(_without_id_map(index).hnsw.efSearch)}
+    return {}
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def search_parameters(
-    index: faiss.Index,
+    family: str,
     *,
     nprobe: int | None = None,
     ef_search: int | None = None,
     selector: faiss.IDSelector | None = None,
 ) -> faiss.SearchParameters | None:
-    """Per-call search parameters: nprobe for IVF, efSearch for HNSW (ignored by other
-    types), and an optional id selector (ids are the external ids). None if nothing is set."""
+    """Per-call search parameters for an index of `family` (see `index_family`): nprobe for
+    IVF, efSearch for HNSW (ignored by other families), and an optional id selector (ids
+    are the external ids). None if nothing is set.
+
+    A parameters object replaces the index's own settings, so callers pass the values they
+    want (`index_search_settings` gives the index's own)."""
+    if family not in FAMILIES:
+        raise ValueError(f"index family must be one of {FAMILIES}, got {family!r}")
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    family, core = index_family(index), _core(index)
-    # A parameters object replaces the index's own settings, so unset values copy them.
-    if family == "ivf":
+        if value is not None:
+            _positive(name, value)
+    # IVF and HNSW indexes reject the plain SearchParameters type, so a selector alone
+    # still needs their own type, with the setting it would otherwise reset.
+    if family == "ivf" and (nprobe is not None or selector is not None):
+        if nprobe is None:
+            raise ValueError("an IVF search with an id selector needs nprobe (see index_search_settings)")
         params = faiss.SearchParametersIVF()
-        params.nprobe = int(nprobe) if nprobe is not None else int(core.nprobe)
-    elif family == "hnsw":
+        params.nprobe = int(nprobe)
+    elif family == "hnsw" and (ef_search is not None or selector is not None):
+        if ef_search is None:
+            raise ValueError("an HNSW search with an id selector needs ef_search (see index_search_settings)")
         params = faiss.SearchParametersHNSW()
-        params.efSearch = int(ef_search) if ef_search is not None else int(core.hnsw.efSearch)
+        params.efSearch = int(ef_search)
     elif selector is not None:
         params = faiss.SearchParameters()
     else:

@@ -1,25 +1,42 @@
-"""Search a sharded index: every shard is searched, the per-shard top-k lists are merged.
+"""Search a sharded index through faiss's own machinery; results by (score desc, id asc).
 
-Merge rule (also the tie-break): descending score (inner product of normalised vectors), then
-ascending id. Because each shard holds its vectors in ascending id order and faiss prefers
-earlier vectors on ties, a sharded Flat index returns exactly what one unsharded Flat index
-returns, ids and order included.
+How the shards become one faiss index (`combine_shards`, at load time):
+- Shards faiss can merge (Flat, IVF{n},Flat/SQ/PQ, SQ, PQ) are merged with faiss's
+  `Index.merge_from`. `build_index` makes every shard from one trained index (IVF shards
+  therefore share one coarse quantizer, trained once) and gives each a contiguous, ascending
+  id range, so the merged index holds exactly what an unsharded build holds, in the same
+  order: the same results bit for bit, one coarse quantization per query, and filters and
+  per-call nprobe work as on any faiss index. (It is the in-memory form of
+  faiss.contrib.ondisk.merge_ondisk, which serves the merged lists from disk instead.)
+- Types faiss cannot merge (HNSW graphs, refine indexes) go into
+  `faiss.IndexShards(d, threaded=False)`: faiss searches each shard and merges the top-k
+  lists with its heap. Not threaded: on 2 cores the per-shard threads competed with faiss's
+  OpenMP threads and slowed search down, and IndexIDMap rewrites the shared search
+  parameters during a filtered search, which concurrent shard threads would race on.
+- `faiss.IndexShardsIVF` (one coarse quantizer over IVF shards) is not used: faiss 1.15.1
+  calls each shard's search_preassigned without the search parameters, so an id selector
+  (a metadata filter) is silently ignored, and it rejects a call whose nprobe differs from
+  the shards' own.
+
+Ranking rule: descending score (inner product of normalised vectors), ties by ascending id.
+faiss itself lists tied items by descending id, so the searcher re-orders each returned list;
+results never depend on how the index was sharded. Which of several items tied at the k-th
+place makes the list is faiss's choice.
 
 Filters (`SearchFilter`: labels, lon/lat box, time range, scene ids) become a faiss id
 selector passed with the search parameters, so a filtered Flat search is an exact search
 over the allowed subset; approximate indexes search their usual structure restricted to it.
-An index type that rejects selectors is searched with growing over-fetch and filtered after.
+An index that rejects selectors (refine indexes, some GPU indexes) is searched with growing
+over-fetch and filtered after.
 
-Backends: faiss on CPU; faiss on GPU when a GPU build of faiss (the `gpu` extra) sees a GPU;
-otherwise, for Flat indexes on a CUDA machine, a torch matrix product on the GPU (the same
-ranking rule; scores may differ from faiss's CPU scores in the last float32 bits).
+Devices: faiss on CPU, or faiss's GPU build (the `gpu` extra) when it sees a GPU
+(`faiss.get_num_gpus() > 0`) and the index is Flat or IVF. There is no other GPU path.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import faiss
@@ -28,68 +45,135 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from components.index.build import as_vectors
-from components.index.factory import index_family, search_parameters
+from components.index.factory import index_family, index_search_settings, search_parameters
 from components.index.filters import SearchFilter
 from components.index.manifest import ID_COLUMN, INDEX_MANIFEST_FILENAME, IndexManifest
 from components.storage import Store, sha256_bytes
 
 RANK = "rank"
 SCORE = "score"
-BACKENDS = ("auto", "faiss", "torch")
-_TORCH_QUERY_CHUNK = 1024  # queries per GPU matrix product
+DEVICES = ("auto", "cpu", "cuda")
+MERGED = "merged"        # IndexSearcher.layout: one faiss index holding every shard
+SHARDS = "IndexShards"   # IndexSearcher.layout: faiss.IndexShards over the shards
+_NO_ID = np.iinfo(np.int64).max  # sort key of "no result" (-1): after every real id
 
 
-def _faiss_has_gpu() -> bool:
+def faiss_has_gpu() -> bool:
+    """True where a GPU build of faiss is installed and sees at least one GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _torch_cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of concatenated shard results by (score desc, id asc); -1 ids last."""
-    scores = np.where(ids < 0, -np.inf, scores)
-    order = np.lexsort((ids, -scores.astype(np.float64)), axis=-1)[:, :k]
+def _ordered(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by (score desc, id asc); -1 ids (no result) last, with score -inf."""
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    order = np.lexsort((np.where(ids < 0, _NO_ID, ids), -scores.astype(np.float64)), axis=-1)
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-@dataclass
-class _TorchShard:
-    vectors: Any   # (n, D) float32 tensor on the device, rows in ascending id order
-    ids: Any       # (n,) int64 tensor
+def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of result lists laid side by side (e.g. one block of columns per
+    index), by (score desc, id asc); -1 ids (no result) last, with score -inf.
+
+    faiss.ResultHeap selects the k best of each row. The heap keeps whichever of several
+    items tied at the k-th place it met first, so a row where the k-th score ties with an
+    item left out is re-ranked in full: the lowest ids win, whatever the column order."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    scores = np.ascontiguousarray(np.where(ids < 0, -np.inf, scores), dtype=np.float32)
+    if scores.ndim != 2 or scores.shape != ids.shape:
+        raise ValueError(f"scores and ids must be 2-d arrays of one shape, got {scores.shape} and {ids.shape}")
+    heap = faiss.ResultHeap(scores.shape[0], int(k), keep_max=True)
+    heap.add_result(scores, ids)  # -inf never enters: the heap starts at -FLT_MAX
+    heap.finalize()
+    top_scores, top_ids = heap.D, heap.I
+    # A row the heap could not fill kept every real item; otherwise count what ties the k-th.
+    kth = np.where(top_ids[:, -1] < 0, np.inf, top_scores[:, -1])
+    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+    if tied.size:
+        exact_scores, exact_ids = _ordered(scores[tied], ids[tied])
+        top_scores[tied], top_ids[tied] = exact_scores[:, :k], exact_ids[:, :k]
+    return _ordered(top_scores, top_ids)
+
+
+def _mergeable(shards: Sequence[faiss.Index]) -> bool:
+    """faiss can merge the shards into one, and IVF shards share one coarse quantizer."""
+    first = shards[0]
+    try:
+        for shard in shards[1:]:
+            first.check_compatible_for_merge(shard)
+    except RuntimeError:  # not implemented for this type (HNSW, refine), or incompatible
+        return False
+    ivf = faiss.try_extract_index_ivf(first)
+    if ivf is None:
+        return True
+    # faiss checks sizes and types, not centroids; merged lists of different quantizers
+    # would be probed by the wrong centroids. build_index trains once, so this holds.
+    quantizer = faiss.serialize_index(ivf.quantizer)
+    return all(np.array_equal(faiss.serialize_index(faiss.extract_index_ivf(shard).quantizer), quantizer)
+               for shard in shards[1:])
+
+
+def combine_shards(shards: Sequence[faiss.Index]) -> faiss.Index:
+    """One faiss index answering for all shards (module doc). Takes ownership of `shards`:
+    merging moves each shard's entries into the first, leaving the others empty."""
+    shards = list(shards)
+    if not shards:
+        raise ValueError("an index needs at least one shard, got none")
+    first = shards[0]
+    if len(shards) == 1:
+        return first
+    if _mergeable(shards):
+        for shard in shards[1:]:
+            first.merge_from(shard, 0)  # add_id=0: the shards hold their external ids
+        return first
+    combined = faiss.IndexShards(first.d, False, False)  # threaded=False; ids are external, not successive
+    for shard in shards:
+        combined.add_shard(shard)  # the Python wrapper keeps the shard alive
+    return combined
+
+
+def _selector(allowed: np.ndarray, num_vectors: int):
+    """A faiss id selector for sorted `allowed` ids, and the buffer it reads (keep alive)."""
+    limit = int(allowed[-1]) + 1 if allowed.size else 1
+    if limit <= 64 * max(num_vectors, 1):  # dense ids: a bitmap is the fastest test
+        mask = np.zeros(limit, dtype=bool)
+        mask[allowed] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        # faiss takes the bitmap's length in bytes (ids beyond it are not members).
+        return faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap)), bitmap
+    buffer = np.ascontiguousarray(allowed, dtype=np.int64)
+    return faiss.IDSelectorBatch(buffer.shape[0], faiss.swig_ptr(buffer)), buffer
 
 
 class IndexSearcher:
-    """All shards of one index plus its metadata table, ready to answer queries."""
+    """All shards of one index, as one faiss index, plus its metadata table."""
 
     def __init__(self, manifest: IndexManifest, shards: Sequence[faiss.Index], metadata: pd.DataFrame,
-                 device: str = "auto", backend: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+                 device: str = "auto") -> None:
+        """`shards` are taken over (see `combine_shards`); `device`: 'auto', 'cpu' or 'cuda'."""
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        shards = list(shards)
+        if not shards:
+            raise ValueError(f"index {manifest.factory!r} has no shards")
         self.manifest = manifest
         self.metadata = metadata.reset_index(drop=True)
-        self.shards = list(shards)
-        self.family = index_family(self.shards[0])
         ids = self.metadata[ID_COLUMN].to_numpy()
         self._row_of_id = None if np.array_equal(ids, np.arange(len(ids))) else pd.Index(ids)
-        self._torch_shards: list[_TorchShard] | None = None
-        self.backend, self.device = self._choose_backend(backend, device)
-        if self.backend == "torch":
-            self._torch_shards = [self._to_torch(shard) for shard in self.shards]
-        elif self.device == "cuda":
-            self._gpu_resources = faiss.StandardGpuResources()  # must outlive the GPU indexes
-            self.shards = [self._to_faiss_gpu(shard) for shard in self.shards]
+        self.family = index_family(shards[0])
+        # Search settings: a call's own > the manifest's defaults > the index's own.
+        self._settings = {**index_search_settings(shards[0]), **manifest.search_defaults}
+        self.index = combine_shards(shards)
+        self.layout = SHARDS if isinstance(self.index, faiss.IndexShards) else MERGED
+        self.device = self._choose_device(device)
+        if self.device == "cuda":
+            self._gpu_resources = faiss.StandardGpuResources()  # must outlive the GPU index
+            self.index = self._to_gpu(self.index)
 
-    # -- construction -------------------------------------------------------------------
     @classmethod
-    def load(cls, uri: str, *, device: str = "auto", backend: str = "auto", verify: bool = True) -> "IndexSearcher":
+    def load(cls, uri: str, *, device: str = "auto", verify: bool = True) -> "IndexSearcher":
         """Open the index directory at `uri` (local path or pyarrow URI) written by build_index."""
         store = Store(uri)
         if not store.exists(INDEX_MANIFEST_FILENAME):
@@ -108,49 +192,31 @@ class IndexSearcher:
         if verify and sha256_bytes(table_bytes) != manifest.metadata_sha256:
             raise ValueError(f"{store.uri_of(manifest.metadata_file)}: sha256 differs from the manifest")
         metadata = pq.read_table(io.BytesIO(table_bytes)).to_pandas()
-        return cls(manifest, shards, metadata, device=device, backend=backend)
+        return cls(manifest, shards, metadata, device=device)
 
-    def _choose_backend(self, backend: str, device: str) -> tuple[str, str]:
-        gpu_faiss = _faiss_has_gpu() and self.family in ("flat", "ivf")
-        gpu_torch = _torch_cuda_available() and self.family == "flat"
-        if backend == "torch":
-            if self.family != "flat":
-                raise ValueError(f"backend 'torch' searches Flat indexes only, this index is {self.manifest.factory!r}")
-            if device == "cuda" and not gpu_torch:
-                raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU")
-            return "torch", "cuda" if (device != "cpu" and gpu_torch) else "cpu"
+    def _choose_device(self, device: str) -> str:
         if device == "cpu":
-            return "faiss", "cpu"
-        if gpu_faiss:
-            return "faiss", "cuda"
-        if gpu_torch and backend == "auto":
-            return "torch", "cuda"
+            return "cpu"
+        gpu_type = self.family in ("flat", "ivf") and self.layout == MERGED
+        if faiss_has_gpu() and gpu_type:
+            return "cuda"
         if device == "auto":
-            return "faiss", "cpu"
-        raise ValueError(
-            f"device 'cuda' was requested for {self.manifest.factory!r}, but there is no faiss GPU build and "
-            "the torch fallback covers Flat indexes only"
-        )
+            return "cpu"
+        if not faiss_has_gpu():
+            reason = "this faiss sees no GPU: install faiss's GPU build (the `gpu` extra) on a CUDA host"
+        else:
+            reason = "faiss's GPU indexes cover Flat and IVF types only"
+        raise ValueError(f"device 'cuda' was requested for index {self.manifest.factory!r}, but {reason}; "
+                         "or pass device='cpu'")
 
-    def _to_faiss_gpu(self, shard: faiss.Index) -> faiss.Index:
+    def _to_gpu(self, index: faiss.Index) -> faiss.Index:
         try:
-            return faiss.index_cpu_to_gpu(self._gpu_resources, 0, shard)
-        except RuntimeError as exc:  # an index type the GPU build cannot hold: stay on CPU
-            warnings.warn(f"faiss could not move a {self.manifest.factory!r} shard to the GPU ({exc}); "
+            return faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+        except RuntimeError as exc:  # a type the GPU build cannot hold: stay on CPU
+            warnings.warn(f"faiss could not move index {self.manifest.factory!r} to the GPU ({exc}); "
                           "searching it on CPU", RuntimeWarning, stacklevel=3)
-            return shard
-
-    def _to_torch(self, shard: faiss.Index) -> _TorchShard:
-        import torch
-
-        wrapper = faiss.downcast_index(shard)
-        flat = faiss.downcast_index(wrapper.index)
-        vectors = flat.reconstruct_n(0, flat.ntotal)
-        ids = faiss.vector_to_array(wrapper.id_map).astype(np.int64)
-        order = np.argsort(ids, kind="stable")  # columns in ascending id order: ties by id
-        device = torch.device(self.device if self.device == "cuda" else "cpu")
-        return _TorchShard(torch.from_numpy(np.ascontiguousarray(vectors[order])).to(device),
-                           torch.from_numpy(ids[order]).to(device))
+            self.device = "cpu"
+            return index
 
     # -- search -------------------------------------------------------------------------
     @property
@@ -177,26 +243,39 @@ class IndexSearcher:
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
+        k = int(k)
         vectors = as_vectors(queries, "queries", normalize=self.manifest.normalized)
         if vectors.shape[1] != self.manifest.dim:
             raise ValueError(f"queries have dimension {vectors.shape[1]}, the index has {self.manifest.dim}")
-        allowed = None
-        if search_filter is not None and not search_filter.is_empty:
-            allowed = self.allowed_ids(search_filter)
-        nprobe = nprobe if nprobe is not None else self.manifest.search_defaults.get("nprobe")
-        ef_search = ef_search if ef_search is not None else self.manifest.search_defaults.get("efSearch")
-        if self.backend == "torch":
-            parts = [self._search_torch(shard, vectors, k, allowed) for shard in self._torch_shards]
-        else:
-            parts = [self._search_faiss(shard, vectors, k, allowed, nprobe, ef_search) for shard in self.shards]
-        scores = np.concatenate([part[0] for part in parts], axis=1)
-        ids = np.concatenate([part[1] for part in parts], axis=1)
-        scores, ids = merge_top_k(scores, ids, k)
-        if scores.shape[1] < k:  # fewer vectors than k in total
-            pad = k - scores.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores.astype(np.float32), ids
+        settings = {"nprobe": nprobe if nprobe is not None else self._settings.get("nprobe"),
+                    "ef_search": ef_search if ef_search is not None else self._settings.get("efSearch")}
+        if search_filter is None or search_filter.is_empty:
+            params = search_parameters(self.family, **settings)
+            return _ordered(*self.index.search(vectors, k, params=params))
+        allowed = self.allowed_ids(search_filter)
+        if allowed.size == 0:
+            return np.full((vectors.shape[0], k), -np.inf, np.float32), np.full((vectors.shape[0], k), -1, np.int64)
+        selector, buffer = _selector(allowed, self.num_vectors)
+        params = search_parameters(self.family, selector=selector, **settings)
+        try:
+            found = self.index.search(vectors, k, params=params)  # `buffer` outlives the search
+        except RuntimeError:  # this index type (or its GPU version) rejects id selectors
+            return self._search_over_fetching(vectors, k, allowed, settings)
+        return _ordered(*found)
+
+    def _search_over_fetching(self, vectors: np.ndarray, k: int, allowed: np.ndarray,
+                              settings: dict[str, int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Fetch more results until k allowed ones are found (or the index is exhausted)."""
+        params = search_parameters(self.family, **settings)
+        total = max(int(self.index.ntotal), 1)
+        fetch = min(max(4 * k, 64), total)
+        while True:
+            scores, ids = self.index.search(vectors, fetch, params=params)
+            keep = np.isin(ids, allowed) & (ids >= 0)
+            if keep.sum(axis=1).min() >= k or fetch >= total:
+                break
+            fetch = min(4 * fetch, total)
+        return merge_top_k(np.where(keep, scores, -np.inf), np.where(keep, ids, -1), k)
 
     def search(self, queries: Any, k: int = 10, **options: Any) -> list[pd.DataFrame]:
         """One DataFrame per query: rank, id, score and the metadata columns (key, label, ...),
@@ -214,84 +293,3 @@ class IndexSearcher:
             table.insert(1, ID_COLUMN, id_column)
             results.append(table)
         return results
-
-    # -- backends -----------------------------------------------------------------------
-    def _selector(self, allowed: np.ndarray):
-        """A faiss id selector for sorted `allowed` ids, and the buffer it reads (keep alive)."""
-        limit = int(allowed[-1]) + 1 if allowed.size else 1
-        if limit <= 64 * max(self.num_vectors, 1):  # dense ids: a bitmap is the fastest test
-            mask = np.zeros(limit, dtype=bool)
-            mask[allowed] = True
-            bitmap = np.packbits(mask, bitorder="little")
-            # faiss takes the bitmap's length in bytes (ids beyond it are not members).
-            return faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap)), bitmap
-        buffer = np.ascontiguousarray(allowed, dtype=np.int64)
-        return faiss.IDSelectorBatch(buffer.shape[0], faiss.swig_ptr(buffer)), buffer
-
-    def _search_faiss(self, shard, vectors, k, allowed, nprobe, ef_search):
-        if allowed is not None and allowed.size == 0:
-            return np.full((vectors.shape[0], 0), -np.inf, np.float32), np.full((vectors.shape[0], 0), -1, np.int64)
-        fetch = min(k, max(shard.ntotal, 1))
-        if allowed is None:
-            params = search_parameters(shard, nprobe=nprobe, ef_search=ef_search)
-            return shard.search(vectors, fetch, params=params)
-        selector, buffer = self._selector(allowed)
-        params = search_parameters(shard, nprobe=nprobe, ef_search=ef_search, selector=selector)
-        try:
-            return shard.search(vectors, fetch, params=params)  # `buffer` outlives the search
-        except RuntimeError:  # this index type (or its GPU version) rejects id selectors
-            return self._search_over_fetching(shard, vectors, k, allowed, nprobe, ef_search)
-
-    def _search_over_fetching(self, shard, vectors, k, allowed, nprobe, ef_search):
-        """Fetch more results until k allowed ones are found (or the shard is exhausted)."""
-        params = search_parameters(shard, nprobe=nprobe, ef_search=ef_search)
-        fetch = min(max(4 * k, 64), shard.ntotal)
-        while True:
-            scores, ids = shard.search(vectors, fetch, params=params)
-            keep = np.isin(ids, allowed) & (ids >= 0)
-            if keep.sum(axis=1).min() >= k or fetch >= shard.ntotal:
-                break
-            fetch = min(4 * fetch, shard.ntotal)
-        scores = np.where(keep, scores, -np.inf)
-        ids = np.where(keep, ids, -1)
-        return merge_top_k(scores, ids, k)
-
-    def _search_torch(self, shard: _TorchShard, vectors: np.ndarray, k: int, allowed):
-        import torch
-
-        fetch = min(k, shard.ids.shape[0])
-        columns_allowed = None
-        if allowed is not None:
-            columns_allowed = torch.from_numpy(np.isin(shard.ids.cpu().numpy(), allowed)).to(shard.ids.device)
-        previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")  # TF32 would change scores and ranks
-        try:
-            all_scores, all_ids = [], []
-            for begin in range(0, vectors.shape[0], _TORCH_QUERY_CHUNK):
-                chunk = torch.from_numpy(vectors[begin:begin + _TORCH_QUERY_CHUNK]).to(shard.vectors.device)
-                scores = chunk @ shard.vectors.T
-                if columns_allowed is not None:
-                    scores.masked_fill_(~columns_allowed, -torch.inf)
-                top = _top_k_ties_by_column(scores, fetch)
-                all_scores.append(torch.gather(scores, 1, top).cpu().numpy())
-                found = shard.ids[top].cpu().numpy()
-                all_ids.append(np.where(np.isneginf(all_scores[-1]), -1, found))
-        finally:
-            torch.set_float32_matmul_precision(previous)
-        return np.concatenate(all_scores), np.concatenate(all_ids)
-
-
-def _top_k_ties_by_column(scores, k: int):
-    """Column indices of the k best scores per row, ties broken by lower column (= lower id)."""
-    import torch
-
-    top = torch.topk(scores, k, dim=1).indices
-    kth = torch.gather(scores, 1, top[:, -1:])
-    # topk's choice among equal scores is unspecified: rows whose k-th score is tied with an
-    # item it left out are redone with a stable full sort (rare with real embeddings).
-    ambiguous = (scores >= kth).sum(dim=1) > k
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero(as_tuple=True)[0]
-        exact = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
-        top[rows] = exact
-    return top

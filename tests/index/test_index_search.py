@@ -10,6 +10,7 @@ import pytest
 
 from components.index import IndexSearcher, SearchFilter, build_index, merge_top_k
 from components.index.manifest import INDEX_MANIFEST_FILENAME, IndexManifest
+from components.index.search import faiss_has_gpu
 
 
 def clustered(n: int, dim: int, seed: int, classes: int = 200, noise: float = 1.5) -> np.ndarray:
@@ -207,11 +208,10 @@ def expected_mask(metadata: pd.DataFrame, name: str) -> np.ndarray:
     }[name].to_numpy()
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
 @pytest.mark.parametrize("name", list(FILTERS))
-def test_filtered_flat_search_equals_brute_force_on_the_subset(geo_index, name, backend):
+def test_filtered_flat_search_equals_brute_force_on_the_subset(geo_index, name):
     vectors, metadata, out = geo_index
-    searcher = IndexSearcher.load(out, backend=backend, device="cpu")
+    searcher = IndexSearcher.load(out, device="cpu")
     queries = vectors[:25] + 0.1
     allowed = np.flatnonzero(expected_mask(metadata, name))
     scores, ids = searcher.search_arrays(queries, 15, search_filter=FILTERS[name])
@@ -293,6 +293,7 @@ def test_custom_ids_map_back_to_their_metadata_rows(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not faiss_has_gpu(), reason="needs faiss's GPU build (the `gpu` extra) and a GPU")
 def test_gpu_search_equals_cpu_search(geo_index):
     vectors, _, out = geo_index
     cpu = IndexSearcher.load(out, device="cpu").search_arrays(vectors[:50], 10)
