@@ -15,6 +15,10 @@ SPLIT_VAL = "val"          # images of seen classes held out for model selection
 SPLIT_UNSEEN = "unseen"    # classes never trained on: retrieval is measured here only
 SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_UNSEEN)
 
+# Where a source says which of its own files an item came from (Fashion-MNIST's train/test
+# files, a manifest's `split` column): a key of the item's metadata, value "train" or "test".
+SOURCE_SPLIT = "source_split"
+
 # Retrieval roles of unseen images.
 ROLE_BOTH = "both"         # queries all others and is in the gallery (leave-one-out)
 ROLE_QUERY = "query"
@@ -54,6 +58,8 @@ REJECT_REASONS = (
     REJECT_MISSING_LABEL, REJECT_CONFLICTING_LABELS, REJECT_DUPLICATE, REJECT_TOO_SMALL,
     REJECT_OUT_OF_BOUNDS, REJECT_WRONG_BANDS,
 )
+REJECT_BAD_METADATA = "bad_metadata"               # lon/lat/time/split/attribute that does not parse or is out of range
+REJECT_REASONS += (REJECT_BAD_METADATA,)
 
 # --- metric names (evaluation, MLflow, compare) --------------------------------------------
 METRIC_MAP = "mAP"
