@@ -213,6 +213,8 @@ class IndexedSplit(tud.Dataset):
 
     def read_batch(self, positions: Sequence[int]) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            return np.zeros((0, 0, 0), np.uint8)
         # Read in (shard, offset) order so consecutive ranged reads stay near each other.
         order = np.lexsort((self.index.offsets[positions], self.index.shard_ids[positions]))
         chips: list[np.ndarray | None] = [None] * len(positions)
