@@ -4,8 +4,11 @@ Pair and triplet losses need positives *and* negatives in every batch, so every 
 holds exactly P distinct classes with K images each, whatever the class sizes (real imagery is
 skewed: cars outnumber buses 100:1).
 
-Epoch length. By samples seen: ``B = ceil(N / (P·K))`` batches (or ``batches_per_epoch``), so an
-epoch shows about N images, as a plain pass over the data would.
+Epoch length. One pass over the data: a class of n images needs ceil(n / K) chunks of K to show
+every image (its last chunk topped up), so an epoch has ``B = ceil(Σ_c ceil(n_c / K) / P)``
+batches (or ``batches_per_epoch``): N images plus fewer than K top-ups per class. (Counting
+samples instead, ceil(N / (P·K)), would leave the top-ups of small classes no room: 93 % of a
+Zipf-sized set with 50 singleton classes instead of all of it.)
 
 Which classes, how often. The epoch has B·P class slots ("chunks" of K images). A class can fill
 at most B of them (one per batch). Chunks are handed out greedily by how many *new* images they
@@ -14,14 +17,14 @@ last, partial chunks (largest remainder first, ties at random), then repeats, dr
 replacement in proportion to class size among the classes that still have room. Each class walks
 through a fresh random permutation of its images, so a class given ``a`` chunks shows
 ``min(n, a·K)`` distinct images; the greedy order makes the epoch's coverage the largest any P×K
-schedule of B batches can reach. In particular, an epoch of the default length shows at least
+schedule of B batches can reach. An epoch of the default length shows exactly
 
-    Σ_c min(K·floor(n_c / K), B·K)        distinct images,
+    Σ_c min(n_c, B·K)        distinct images,
 
-i.e. every image except fewer than K per class (the part of a class's last chunk that did not
-fit) and what a class holding more than about 1/P of the data cannot show in B batches (each
-batch can hold a class once; such a class shows a fresh random B·K of its images every epoch).
-Balanced data with K | n_c is covered exactly once per epoch.
+i.e. every image, except in a class holding more than about 1/P of the data: a batch holds a
+class once, so such a class shows a fresh random B·K of its images each epoch (``fit_pk`` says
+which ``batches_per_epoch`` would show them all). A shorter ``batches_per_epoch`` still gets the
+most distinct images its B·P slots can hold.
 
 Which batch. Given each class's number of chunks, batches are drawn one after another: a class
 that must appear in every remaining batch is taken, the rest are drawn without replacement with
@@ -91,9 +94,10 @@ def _divisibility_error(classes_per_batch: int, images_per_class: int, world_siz
         f" or train.num_workers to a divisor of {classes_per_batch * images_per_class}")
 
 
-def default_batches_per_epoch(num_images: int, classes_per_batch: int, images_per_class: int) -> int:
-    """An epoch by samples seen: ceil(N / (P·K)) batches."""
-    return math.ceil(num_images / (classes_per_batch * images_per_class))
+def default_batches_per_epoch(counts, classes_per_batch: int, images_per_class: int) -> int:
+    """One pass: ceil(Σ_c ceil(n_c / K) / P) batches, room for every image of every class."""
+    chunks = -(-np.asarray(counts, dtype=np.int64) // images_per_class)
+    return max(1, math.ceil(int(chunks.sum()) / classes_per_batch))
 
 
 def epoch_coverage(counts: np.ndarray, classes_per_batch: int, images_per_class: int, batches_per_epoch: int) -> float:
@@ -142,7 +146,7 @@ def fit_pk(labels_or_class_counts, classes_per_batch: int, images_per_class: int
         raise _divisibility_error(p, k, world_size)
     if batches_per_epoch is not None and batches_per_epoch < 1:
         raise ValueError(f"train.batches_per_epoch must be >= 1 (or unset), got {batches_per_epoch}")
-    batches = batches_per_epoch or default_batches_per_epoch(int(counts.sum()), p, k)
+    batches = batches_per_epoch or default_batches_per_epoch(counts, p, k)
     coverage = epoch_coverage(counts, p, k, batches)
     if coverage < 0.5:
         chunks = -(-counts // k)   # a class needs ceil(n/K) chunks, at most one per batch
@@ -178,7 +182,7 @@ class PKBatchSampler:
         order = np.argsort(inverse, kind="stable")
         self.sizes = np.bincount(inverse)
         self.members = np.split(order, np.cumsum(self.sizes)[:-1])   # per class (index into self.classes)
-        self.batches_per_epoch = batches_per_epoch or default_batches_per_epoch(len(labels), self.p, self.k)
+        self.batches_per_epoch = batches_per_epoch or default_batches_per_epoch(self.sizes, self.p, self.k)
         self.share = self.batch_size // world_size
         self.segments = self._segments()
         self.epoch, self.start_batch, self.position = 0, 0, 0

@@ -126,7 +126,7 @@ def test_every_batch_is_exactly_p_distinct_classes_by_k(name, world):
     labels, samplers = samplers_for(name, world)
     sizes, p, k = DISTRIBUTIONS[name]
     batches = list(samplers[0].global_batches())
-    assert len(batches) == len(samplers[0]) == math.ceil(len(labels) / (p * k))
+    assert len(batches) == len(samplers[0]) == math.ceil(sum(math.ceil(n / k) for n in sizes) / p)   # one pass
     for batch in batches:
         assert len(batch) == p * k
         classes, counts = np.unique(labels[batch], return_counts=True)
@@ -190,24 +190,25 @@ def test_no_image_on_two_ranks_of_a_batch_where_avoidable(sizes, p, k, world):
 def test_coverage_is_the_best_any_pk_epoch_can_reach(name):
     sizes, p, k = DISTRIBUTIONS[name]
     labels = labels_with_sizes(sizes)
-    sampler = PKBatchSampler(labels, p, k, seed=5)
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        seen = len(np.unique(np.concatenate(list(sampler.global_batches()))))
-        assert seen == best_coverage(sizes, p, k, len(sampler))
-        bound = sum(min(k * (n // k), len(sampler) * k) for n in sizes)   # the bound the docstring states
-        assert seen >= bound
-        assert epoch_coverage(np.array(sizes), p, k, len(sampler)) == pytest.approx(seen / len(labels))
+    for batches in (None, 3):                     # the default one-pass epoch, and a short one
+        sampler = PKBatchSampler(labels, p, k, seed=5, batches_per_epoch=batches)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            seen = len(np.unique(np.concatenate(list(sampler.global_batches()))))
+            assert seen == best_coverage(sizes, p, k, len(sampler))
+            assert epoch_coverage(np.array(sizes), p, k, len(sampler)) == pytest.approx(seen / len(labels))
+            if batches is None:                   # the bound the docstring states: all but what a batch cannot hold
+                assert seen == sum(min(n, len(sampler) * k) for n in sizes)
 
 
 def test_coverage_of_skewed_and_balanced_data():
     sizes = zipf_sizes(200, 300, exponent=1.0)   # 300 down to 1 image per class (50 singletons), none > N/P
     assert max(sizes) <= sum(sizes) / 4
     sampler = PKBatchSampler(labels_with_sizes(sizes), 4, 4, seed=0)
-    seen = len(np.unique(sampler.plan(0)))
-    assert seen == best_coverage(sizes, 4, 4, len(sampler)) and seen / sum(sizes) > 0.93
-    balanced = PKBatchSampler(labels_with_sizes([12] * 40), 8, 4, seed=0)   # K divides every class
-    assert len(np.unique(balanced.plan(0))) == 480
+    assert len(np.unique(sampler.plan(0))) == sum(sizes)
+    assert len(sampler) * 16 < sum(sizes) + 3 * len(sizes) + 16   # N, < K top-ups per class, one partial batch
+    balanced = PKBatchSampler(labels_with_sizes([12] * 40), 8, 4, seed=0)   # K divides every class: each image once
+    assert len(balanced) == 15 and np.array_equal(np.sort(balanced.plan(0).ravel()), np.arange(480))
 
 
 def test_a_longer_epoch_covers_what_one_batch_per_class_cannot():
