@@ -36,9 +36,11 @@ Small classes. A class with fewer than K images fills its K slots with all of it
 epoch) and takes its own contiguous slice of batch_size / world_size indices. A chunk that spans
 two ranks' slices would put a repeated image on both, so small classes are placed in chunk
 positions that lie inside one rank's slice first, and a small class that must span ranks gives
-each rank its own images. Only when a class has fewer images than the number of ranks its K slots
-span (e.g. a singleton class when world_size does not divide P) is an image unavoidably on two
-ranks; it then repeats in contiguous runs, so as few ranks as possible share it.
+each rank its own images. Only when a batch holds more small classes than there are positions
+inside one rank's slice (there are none when K does not divide batch_size / world_size), and such
+a class has fewer images than the ranks its K slots span (a singleton spans two), is an image
+unavoidably on two ranks; it then repeats in contiguous runs, so as few ranks as possible share it.
+With world_size dividing P every chunk lies inside one rank's slice and this never happens.
 
 Resume. Batches depend only on (seed, epoch); ``set_epoch(epoch, start_batch=b)`` (or
 ``load_state_dict``) skips the first b batches without loading any data, so a run resumed
