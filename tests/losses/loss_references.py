@@ -261,3 +261,53 @@ def log_ratio(embeddings, labels, eps=1e-6):
                 total += (embedding_term - label_term) ** 2
                 count += 1
     return total / count
+
+
+# --- pair and triplet losses over given (mined) pairs or triplets --------------------------
+# ``triplets``: a set of (a, p, n); ``positive``/``negative``: sets of ordered pairs (i, j).
+def triplet_over(embeddings, triplets, margin=0.2, soft_margin=False, squared=True, reduction="mean"):
+    x = normalise(embeddings)
+    terms = []
+    for a, p, k in sorted(triplets):
+        gap = dist(x[a], x[p], squared) - dist(x[a], x[k], squared)
+        terms.append(softplus(gap) if soft_margin else max(0.0, gap + margin))
+    if not terms:
+        return 0.0
+    return mean_nonzero(terms) if reduction == "mean_nonzero" else sum(terms) / len(terms)
+
+
+def contrastive_over(embeddings, positive, negative, pos_margin=0.0, neg_margin=1.0):
+    x = normalise(embeddings)
+    pos = [max(0.0, dist(x[i], x[j]) - pos_margin) for i, j in positive]
+    neg = [max(0.0, neg_margin - dist(x[i], x[j])) for i, j in negative]
+    return mean_nonzero(pos) + mean_nonzero(neg)
+
+
+def lifted_over(embeddings, positive, negative, margin=1.0):
+    """Eq. 4 over the given ordered positive pairs, N(i) = {k : (i, k) given}; a pair with no
+    negative on either side has no J and is left out."""
+    x = normalise(embeddings)
+    total, count = 0.0, 0
+    for i, j in sorted(positive):
+        exps = [math.exp(margin - dist(x[i], x[k])) for a, k in negative if a == i]
+        exps += [math.exp(margin - dist(x[j], x[l])) for b, l in negative if b == j]
+        if not exps:
+            continue
+        J = math.log(sum(exps)) + dist(x[i], x[j])
+        total += max(0.0, J) ** 2
+        count += 1
+    return total / (2 * count) if count else 0.0
+
+
+def multi_similarity_over(embeddings, positive, negative, alpha=2.0, beta=50.0, base=0.5):
+    x = normalise(embeddings)
+    n = len(x)
+    total = 0.0
+    for i in range(n):
+        s_pos = [dot(x[i], x[j]) for a, j in positive if a == i]
+        s_neg = [dot(x[i], x[k]) for a, k in negative if a == i]
+        if s_pos:
+            total += math.log(1 + sum(math.exp(-alpha * (s - base)) for s in s_pos)) / alpha
+        if s_neg:
+            total += math.log(1 + sum(math.exp(beta * (s - base)) for s in s_neg)) / beta
+    return total / n

@@ -16,6 +16,7 @@ from components.losses import (
     loss_params,
     transfer_classifier,
 )
+from components.losses.base import CONTINUOUS_LABELS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "loss"
 NAMES = [
@@ -31,7 +32,7 @@ def build(name, num_classes=4, embedding_dim=6, **params):
 
 
 def labels_for(name, class_labels):
-    if name == "log_ratio":
+    if loss_class(name).label_kind == CONTINUOUS_LABELS:
         return torch.linspace(0, 1, len(class_labels))
     return class_labels
 
