@@ -27,8 +27,8 @@ echo ">> installing torch (CPU build) first"
 TORCH_INDEX=()
 [ -n "${TORCH_INDEX_URL:-}" ] && TORCH_INDEX=(--extra-index-url "$TORCH_INDEX_URL")
 "${PIP[@]}" install -q "${TORCH_INDEX[@]}" -c "$CONSTRAINTS" "torch==2.13.0"
-echo ">> installing chipmatch and its dependencies (pinned by $CONSTRAINTS)"
-"${PIP[@]}" install -q -c "$CONSTRAINTS" -e .
+echo ">> installing chipmatch, its dependencies and the dev tools (pinned by $CONSTRAINTS)"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[dev]"   # dev: pytest, ruff, mypy
 
 # Real data for the fashion_mnist source and its tests, where the machine allows it.
 FMNIST=/usr/share/datasets/fashion-mnist

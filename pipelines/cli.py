@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.markup import escape
 
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config (default: conf/quickstart.yaml)")
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
         sub.add_argument("--verbose", action="store_true", help="show Ray's own logs here instead of in a log file")
-        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=folder data.root=DIR")
+        sub.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="config overrides, e.g. data.source=folder data.root=DIR")
         if name == "search":
             sub.add_argument("--index", required=True, help="index folder URI (printed by `chipmatch index`)")
             sub.add_argument("--image", help="query chip (PNG, JPEG, TIFF)")

@@ -43,7 +43,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DataConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="source")]  # type: ignore[valid-type]
+# Union over a tuple of classes: no `X | Y` spelling exists for it.
+DataConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="source")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 # Until components/data/splits.py owns its SplitConfig: the limits are SplitSpec's own checks
@@ -98,7 +99,7 @@ class RunSpec(Section):
     """One training run of a sequence: a name, a loss, and any `train` field to change."""
 
     name: str
-    loss: str | LossConfig
+    loss: LossConfig                  # a name in the YAML: conf/loss/<name>.yaml
     overrides: dict[str, Any] = {}
 
     @field_validator("loss", mode="before")

@@ -98,21 +98,23 @@ def write_retrieval_grid(result: ModelEvaluation, arrays: SplitArrays, tap: str,
     from components.evaluation.plots import retrieval_grid
 
     unseen = result.unseen
+    if unseen is None:
+        raise RuntimeError("the evaluation kept no unseen-class embeddings to draw the retrieval grid from")
     position = {key: i for i, key in enumerate(arrays.keys)}
     features = unseen.features[tap] / np.linalg.norm(unseen.features[tap], axis=1, keepdims=True).clip(1e-12)
     query, gallery = role_masks(unseen.roles)
     query_rows = np.flatnonzero(query)[np.linspace(0, query.sum() - 1, min(num_queries, query.sum())).astype(int)]
     gallery_rows = np.flatnonzero(gallery)
 
-    def images(rows) -> np.ndarray:
-        return np.stack([arrays.images[position[unseen.keys[r]]] for r in rows])
+    def images(rows) -> list[np.ndarray]:
+        return [arrays.images[position[unseen.keys[r]]] for r in rows]
 
     retrieved_rows = []
     for row in query_rows:
         scores = features[gallery_rows] @ features[row]
         order = [gallery_rows[i] for i in np.argsort(-scores, kind="stable") if gallery_rows[i] != row][:k]
         retrieved_rows.append(order)
-    retrieval_grid(images(query_rows), np.stack([images(r) for r in retrieved_rows]),
+    retrieval_grid(images(query_rows), [images(r) for r in retrieved_rows],
                    [unseen.labels[r] for r in query_rows], [[unseen.labels[i] for i in r] for r in retrieved_rows], path)
 
 

@@ -16,9 +16,9 @@ from rich.console import Console
 
 from components import constants as C
 from components.data.versions import open_version
+from components.errors import ConfigError, MissingDataError
 from components.index.embedding import embed_split
 from components.index.filters import LATITUDE, LONGITUDE, SCENE_ID, TIME
-from components.errors import ConfigError, MissingDataError
 from components.storage import Store
 from components.storage.layout import INDEX_SOURCE_FILENAME
 from components.tracking import RunLogger

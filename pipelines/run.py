@@ -29,7 +29,8 @@ def run_pipeline(config: Config, context: StageContext | Console | None = None) 
     console.print(ingest.summary_table(ingested))
 
     if config.tune is not None:
-        from pipelines.tune import run_tune, summary_table as sweep_table
+        from pipelines.tune import run_tune
+        from pipelines.tune import summary_table as sweep_table
 
         console.rule(f"[bold]tune ({config.tune.name})")
         sweep = run_tune(config, context)

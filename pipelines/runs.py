@@ -49,8 +49,7 @@ def run_plan(config: Config) -> list[tuple[str, LossConfig, TrainConfig]]:
         return [(config.loss.name, config.loss, config.train)]
     plan = []
     for run in config.runs:
-        loss = run.loss if isinstance(run.loss, LossConfig) else LossConfig(**run.loss)
-        plan.append((run.name, loss, TrainConfig(**{**config.train.model_dump(), **run.overrides})))
+        plan.append((run.name, run.loss, TrainConfig(**{**config.train.model_dump(), **run.overrides})))
     return plan
 
 
@@ -80,7 +79,8 @@ def finished_run(context: StageContext, planned: PlannedRun) -> TrainedRun | Non
 
 def trained_runs(config: Config, context: StageContext) -> list[TrainedRun]:
     """The runs of this config that have finished training (in plan order)."""
-    runs, model_uris = [], {}
+    runs: list[TrainedRun] = []
+    model_uris: dict[str, str] = {}
     for name, loss, train in run_plan(config):
         if train.init_from in model_uris:
             train = train.model_copy(update={"init_from": model_uris[train.init_from]})

@@ -8,7 +8,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from components import constants as C
 from components.errors import ConfigError
 from components.storage import Store
 from components.storage.layout import INDEX_SOURCE_FILENAME
@@ -48,17 +47,21 @@ def run_search(index_uri: str, image: str | None, embedding: str | None, k: int,
     chip = None
     if image is not None:
         chip, vectors = embed_image(image, source)
+        query = image
     else:
+        assert embedding is not None   # exactly one of the two, checked above
         vectors = np.load(embedding).reshape(1, -1)
+        query = embedding
     [results] = searcher.search(vectors[:1], k=k, search_filter=search_filter)
     if console:
-        console.print(render(results, image or embedding))
+        console.print(render(results, query))
     if grid:
         if chip is None:
             raise ConfigError("--grid needs --image (the query chip is drawn first)")
         write_grid(chip, results, source["dataset"], grid, query_label)
     columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
-    return {"stage": "search", "index": index_uri, "results": results[columns].astype(object).where(results[columns].notna(), None).to_dict(orient="records"),
+    shown = results[columns].astype(object)
+    return {"stage": "search", "index": index_uri, "results": shown.where(shown.notna(), None).to_dict(orient="records"),
             "counts": {"results": int(len(results))}, "grid": grid}
 
 
@@ -88,6 +91,6 @@ def write_grid(chip: np.ndarray, results, dataset_uri: str, path: str, query_lab
         for raw in iter_shard(version, shard):
             if (shard, raw["__key__"]) in wanted:
                 pixels[raw["__key__"]] = decode_chip(chip_bytes(raw))
-    retrieved = np.stack([pixels[key] for key in results["key"]])[None]
+    retrieved = [pixels[key] for key in results["key"]]
     labels = list(results["label"])
-    retrieval_grid(chip[None], retrieved, [query_label or labels[0]], [labels], path)
+    retrieval_grid([chip], [retrieved], [query_label or labels[0]], [labels], path)

@@ -10,7 +10,8 @@ space key is a key a trial can change and that every candidate value makes a val
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 

@@ -39,10 +39,9 @@ def start_run(planned: PlannedRun, tracking: str, experiment_id: str, parent_run
 def check_loss_builds(config: Config, planned: PlannedRun) -> None:
     """Build the run's loss once on the driver with the dataset's classes, so a bad parameter
     value is named before any worker starts (reading the config checks names only)."""
+    from components import constants as C
     from components.losses import build_loss
     from components.training.loop import loss_arguments, superclass_indices
-
-    from components import constants as C
 
     manifest = open_version(planned.dataset_uri).manifest
     classes = sorted(manifest["counts"][C.SPLIT_TRAIN])   # what the workers' training split holds

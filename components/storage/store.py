@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -87,7 +88,7 @@ class Store:
             if info.type == pafs.FileType.File
         )
 
-    def list_dirs(self, relative: str = "") -> list[str]:
+    def list_dirs(self, relative: str = "") -> builtins.list[str]:   # `list` is the method above
         base = self.path(relative)
         if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
             return []

@@ -49,7 +49,8 @@ def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
 
     report = run_compare(config, console, sort="mAP")
     rows = report["rows"]
-    assert [r["run"] for r in rows] == sorted([r["run"] for r in rows], key=lambda n: -next(x["mAP"] for x in rows if x["run"] == n))
+    by_name = {r["run"]: r["mAP"] for r in rows}
+    assert [r["run"] for r in rows] == sorted(by_name, key=lambda n: -by_name[n])
     assert {r["loss"] for r in rows} == {"cross_entropy", "warp"}
     markdown = Path(report["markdown"]).read_text()
     assert "| run | loss | training time | epochs | classification accuracy | mAP | R@1 | MAP@R |" in markdown

@@ -99,7 +99,8 @@ def test_pipeline_runs_through_ray_job_submit(tmp_path):
         assert "mAP" in runs[0].data.metrics
         # Without the token, the cluster refuses the client.
         refused = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, text=True, timeout=60,
-                                 env={k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)} | {"RAY_AUTH_MODE": "token", "HOME": str(tmp_path)})
+                                 env={k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
+                                 | {"RAY_AUTH_MODE": "token", "HOME": str(tmp_path)})
         assert refused.returncode != 0
     finally:
         stop_head(temp_dir)   # not `ray stop`: that would stop every Ray cluster on the machine
