@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import faiss
 import numpy as np

@@ -8,8 +8,9 @@ hold (AND); a row with a missing value for an active condition is excluded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd

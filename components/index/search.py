@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np

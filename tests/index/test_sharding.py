@@ -14,7 +14,6 @@ import pytest
 
 from components.index import IndexSearcher, SearchFilter, build_index, merge_top_k
 from components.index.search import MERGED, SHARDS
-
 from tests.index.test_index_search import brute_force, clustered, recall
 
 
