@@ -17,7 +17,7 @@ errors into messages that name the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,6 +31,7 @@ from components.losses.config import LossConfig
 from components.models.config import ModelConfig
 from components.storage.config import StorageConfig
 from components.tracking.config import TrackingConfig
+from components.training.config import TrainConfig
 from pipelines.raw_config import CONF_DIR, DEFAULT_CONFIG, apply_override, apply_value, read_config_file, resolve_group
 from pipelines.sweep import SweepConfig, check_sweep
 
@@ -67,32 +68,6 @@ class SplitConfig(Section):
 class RayConfig(Section):
     address: str | None = None       # None: $RAY_ADDRESS if set, else a local embedded Ray
     num_cpus: int | None = None      # logical CPUs of the embedded Ray (None: all cores)
-
-
-# Until components/training/config.py owns it.
-class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    classes_per_batch: int = Field(16, ge=1)      # P
-    images_per_class: int = Field(4, ge=1)        # K
-    batches_per_epoch: int | None = Field(None, ge=1)   # default: ceil(N / (P·K))
-    lr: float = Field(1e-3, gt=0)
-    loss_lr_multiplier: float = Field(1.0, gt=0)  # proxies / classifier weights
-    weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: float = Field(0.0, ge=0)
-    augment: bool = True
-    rotation: Literal["any", "right", "none"] = "any"
-    seed: int = 0
-    amp: bool = True                              # bfloat16 autocast on GPU
-    init_from: str | None = None                  # a run name of this config's `runs`, or a model URI
-    freeze_backbone: bool = False
-    num_workers: int = Field(1, ge=1)             # Ray Train workers (DDP)
-    use_gpu: bool | None = None                   # None: when the cluster has GPUs
-    cpus_per_worker: float = Field(1.0, gt=0)
-    threads_per_worker: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)            # worker-group restarts from the last checkpoint
-    fail_at_epoch: int | None = None              # test hook: kill one worker once at this epoch
-    dataset: str | None = None                    # manifest URI (default: the latest ingested version)
 
 
 class RunSpec(Section):

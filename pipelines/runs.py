@@ -14,8 +14,9 @@ from components.storage import Layout, RunPaths, reuse_when_complete, sha256_jso
 from pipelines.config import Config, LossConfig, TrainConfig
 from pipelines.context import StageContext
 
-# Settings that change how a run is executed, not what it learns: outside its key.
-EXECUTION_ONLY = {"fail_at_epoch", "max_failures", "dataset"}
+# Settings that change how a run is executed, not what it learns: outside its key (so the
+# input pipeline's knobs, added later, keep the keys of earlier runs).
+EXECUTION_ONLY = {"fail_at_epoch", "max_failures", "dataset", "loader_workers", "prefetch_batches", "cache_mb"}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from components import constants as C
 from pipelines.config import Config, LossConfig, TrainConfig
 from pipelines.context import StageContext, stage_context, tracking_uri
 from pipelines.runs import TrainedRun, finished_run, plan_run, run_plan
-from pipelines.trainer import check_loss_builds, fit_run, start_run
+from pipelines.trainer import check_loss_builds, fit_batches, fit_run, start_run
 
 __all__ = ["run_train", "summary_table", "result_json", "tracking_uri"]   # tracking_uri: tests import it from here
 
@@ -41,6 +41,9 @@ def train_one(config: Config, context: StageContext, name: str, loss: LossConfig
         context.console.log(f"[train] {name}: already trained ({context.store.uri_of(planned.paths.folder)}), skipping")
         return reused
     check_loss_builds(config, planned)
+    planned.train, adapted = fit_batches(planned)
+    if adapted:
+        context.console.log(f"[train] {name}: {adapted}")
     logger = start_run(planned, context.tracking_uri, context.experiment_id, parent_run_id)
     context.console.log(f"[train] {name}: loss={loss.name} workers={train.num_workers} epochs={train.epochs}")
     store = context.store

@@ -1,9 +1,10 @@
 """Launch one training run on Ray Train: the driver side shared by the train stage and tune trials.
 
 Only ScalingConfig / RunConfig / TorchTrainer are built here; the training itself is
-`components.training.loop.train_loop_per_worker`. Before any worker starts, the driver checks
-what the workers would otherwise fail on after several retries: the loss's parameter values
-(by building it once with the dataset's class count) and the cluster's resources.
+`components.training.loop.train_loop_per_worker`, which receives a typed `TrainJob`. Before any
+worker starts, the driver checks what the workers would otherwise fail on after several
+retries: P×K against the training classes (`fit_pk`), the loss's parameter values (by building
+it once with the dataset's classes) and the cluster's resources.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import os
 import time
 from typing import Any
 
+from components import constants as C
 from components.data.versions import open_version
 from components.errors import ConfigError, ResourceError
 from components.storage import Store
 from components.tracking import RunLogger, create_run
 from components.training.checkpoint import BUNDLE_FILENAME
-from pipelines.config import Config, TrainConfig
+from components.training.config import LossSpec, TrackingSpec, TrainConfig, TrainJob
+from pipelines.config import Config
 from pipelines.ray_session import cluster_has_gpus
 from pipelines.runs import PlannedRun
 
@@ -37,20 +40,37 @@ def start_run(planned: PlannedRun, tracking: str, experiment_id: str, parent_run
 
 
 def check_loss_builds(config: Config, planned: PlannedRun) -> None:
-    """Build the run's loss once on the driver with the dataset's classes, so a bad parameter
-    value is named before any worker starts (reading the config checks names only)."""
-    from components import constants as C
+    """Build the run's loss once on the driver with the dataset's classes, exactly as the
+    workers will, so a bad parameter value is named before any worker starts (reading the
+    config checks names only)."""
     from components.losses import build_loss
-    from components.training.loop import loss_arguments, superclass_indices
+    from components.training.loop import loss_arguments, needs_superclasses, superclass_indices
 
     manifest = open_version(planned.dataset_uri).manifest
     classes = sorted(manifest["counts"][C.SPLIT_TRAIN])   # what the workers' training split holds
-    arguments = loss_arguments(planned.loss.model_dump(), len(classes), config.model.embedding_dim,
-                               superclass_indices(manifest, classes))
+    superclasses = superclass_indices(manifest, classes) if needs_superclasses(planned.loss.name) else None
+    arguments = loss_arguments(planned.loss.model_dump(), len(classes), config.model.embedding_dim, superclasses)
     try:
         build_loss(planned.loss.name, **arguments)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"loss {planned.loss.name!r} of run {planned.name!r}: {exc}") from None
+
+
+def fit_batches(planned: PlannedRun) -> tuple[TrainConfig, str | None]:
+    """P×K of the run checked against the training classes (`fit_pk`): the train settings to
+    use (P lowered when it exceeds the classes) and what was adapted or is worth knowing."""
+    from components.training.sampler import fit_pk
+
+    train = planned.train
+    counts = open_version(planned.dataset_uri).manifest["counts"][C.SPLIT_TRAIN]
+    try:
+        fit = fit_pk(counts, train.classes_per_batch, train.images_per_class, train.num_workers,
+                     batches_per_epoch=train.batches_per_epoch)
+    except ValueError as exc:
+        raise ConfigError(f"run {planned.name!r}: {exc}") from None
+    if fit.classes_per_batch != train.classes_per_batch:
+        train = train.model_copy(update={"classes_per_batch": fit.classes_per_batch})
+    return train, fit.message
 
 
 def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_path: str, ray_name: str,
@@ -68,12 +88,12 @@ def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_pat
         use_gpu = train.use_gpu if train.use_gpu is not None else cluster_has_gpus()
         check_resources(train, use_gpu, gpus_per_worker)
         resources = {"CPU": train.cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu and gpus_per_worker else {})}
-        loop_config = {**planned.resolved, "train": train.model_dump(), "output_uri": output_uri,
-                       "tracking": {"uri": logger.tracking_uri, "run_id": logger.run_id},
-                       "threads_per_worker": train.threads_per_worker}
+        job = TrainJob(dataset=planned.dataset_uri, output_uri=output_uri, model=planned.resolved["model"],
+                       loss=LossSpec(**planned.loss.model_dump()), train=train,
+                       tracking=TrackingSpec(uri=logger.tracking_uri, run_id=logger.run_id))
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=loop_config,
+            train_loop_config=job.to_dict(),
             scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(

@@ -7,7 +7,6 @@ parameter *names* are checked here against the loss class's constructor signatur
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -31,9 +30,9 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _params_fit_the_signature(self) -> "LossConfig":
-        problem = signature_problem(self.name, self.params)
-        if problem:
-            raise ValueError(problem)
+        from components.losses import check_loss_params
+
+        check_loss_params(self.name, self.params)   # names only (nested miner specs too); raises ValueError
         return self
 
 
@@ -43,15 +42,3 @@ def configurable_params(name: str) -> dict[str, Any]:
     from components.losses import SHAPE_PARAMS, loss_params
 
     return {k: v for k, v in loss_params(name).items() if k not in SHAPE_PARAMS}
-
-
-def signature_problem(name: str, params: dict[str, Any]) -> str | None:
-    """What is wrong with the parameter names of `params` for loss `name`, or None."""
-    accepted = configurable_params(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        return f"loss {name!r}: unknown parameter(s) {unknown}; valid parameters: {sorted(accepted)}"
-    missing = sorted(k for k, default in accepted.items() if default is inspect.Parameter.empty and k not in params)
-    if missing:
-        return f"loss {name!r}: missing required parameter(s) {missing}; valid parameters: {sorted(accepted)}"
-    return None
