@@ -248,6 +248,8 @@ class IndexSearcher:
         vectors = as_vectors(queries, "queries", normalize=self.manifest.normalized)
         if vectors.shape[1] != self.manifest.dim:
             raise ValueError(f"queries have dimension {vectors.shape[1]}, the index has {self.manifest.dim}")
+        if vectors.shape[0] == 0:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         settings = {"nprobe": nprobe if nprobe is not None else self._settings.get("nprobe"),
                     "ef_search": ef_search if ef_search is not None else self._settings.get("efSearch")}
         if search_filter is None or search_filter.is_empty:

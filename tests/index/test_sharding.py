@@ -100,6 +100,8 @@ def test_graph_shards_are_searched_by_faiss_index_shards(tmp_path):
     assert recall(brute_force(vectors, queries, 10)[1], got[1]) >= 0.9
     tables = searcher.search(queries, 10, search_filter=SearchFilter(labels={"d"}), ef_search=64)
     assert all(set(table["label"]) == {"d"} and len(table) == 10 for table in tables)
+    no_queries = searcher.search_arrays(np.zeros((0, 16)), 10, search_filter=SearchFilter(labels={"d"}))
+    assert no_queries[0].shape == no_queries[1].shape == (0, 10)
 
 
 def test_index_that_rejects_selectors_is_filtered_by_over_fetching(tmp_path):
