@@ -33,8 +33,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from components.index.manifest import INDEX_MANIFEST_FILENAME
 from components.storage.store import Store
 
@@ -100,22 +98,24 @@ def pointer_path(name: str) -> str:
 
 def _relative_index(store: Store, index_uri: str) -> str:
     """The index directory relative to the storage root: the pointer stays valid when the root
-    is mounted elsewhere, and pruning can only ever delete below the root."""
+    is mounted elsewhere, and pruning can only ever delete below the root. Decided on the
+    strings alone (no filesystem call: opening an s3:// URI may look up the bucket's region)."""
     if not isinstance(index_uri, str) or not index_uri:
         raise ValueError(f"index_uri must be a non-empty path or URI, got {index_uri!r}")
-    if "://" not in index_uri and not index_uri.startswith("/"):
-        relative = posixpath.normpath(index_uri)
+    local = "://" not in store.uri
+    candidate = index_uri[len("file://"):] if local and index_uri.startswith("file://") else index_uri
+    if "://" not in candidate and not candidate.startswith("/"):
+        relative = candidate                                   # already relative to the root
     else:
-        try:
-            fs, path = pafs.FileSystem.from_uri(index_uri)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad URIs
-            raise ValueError(f"index_uri {index_uri!r} cannot be opened ({exc})") from None
-        root = store.root.rstrip("/") + "/"
-        if fs.type_name != store.fs.type_name or not path.startswith(root):
+        base = (store.root if local else store.uri).rstrip("/") + "/"
+        if local:
+            candidate = posixpath.normpath(candidate)
+        if not candidate.startswith(base):
             raise ValueError(f"index_uri {index_uri!r} is not below the storage root {store.uri!r}; "
                              "build the index under storage.root (indexes/...)")
-        relative = posixpath.normpath(path[len(root):])
-    if relative in ("", ".") or relative.startswith("../") or relative == "..":
+        relative = candidate[len(base):]
+    relative = posixpath.normpath(relative)
+    if relative in ("", ".", "..") or relative.startswith("../") or relative.startswith("/"):
         raise ValueError(f"index_uri {index_uri!r} must name a directory below the storage root {store.uri!r}")
     return relative
 

@@ -271,3 +271,25 @@ def test_concurrent_reader_always_sees_a_complete_pointer_to_an_existing_index(s
     print("concurrent reader:", result)
     assert result["errors"] == []
     assert result["reads"] > 100 and result["sequences"] > 5, result
+
+
+def test_index_uri_forms(store):
+    from components.release.live import _relative_index
+
+    assert _relative_index(store, store.uri_of("indexes/builds/a")) == "indexes/builds/a"
+    assert _relative_index(store, "indexes/builds/a/") == "indexes/builds/a"
+    assert _relative_index(store, "file://" + store.uri_of("indexes/builds/a")) == "indexes/builds/a"
+    for bad in ("../outside", store.uri, store.uri + "/../x", "s3://bucket/indexes/a"):
+        with pytest.raises(ValueError, match="storage root"):
+            _relative_index(store, bad)
+
+
+def test_s3_root_uris_are_matched_without_touching_the_bucket():
+    from components.release.live import _relative_index
+
+    class S3Like:  # what Store holds for s3://bucket/chipmatch, without a network connection
+        uri, root = "s3://bucket/chipmatch", "bucket/chipmatch"
+
+    assert _relative_index(S3Like, "s3://bucket/chipmatch/indexes/v/x") == "indexes/v/x"
+    with pytest.raises(ValueError, match="not below the storage root"):
+        _relative_index(S3Like, "s3://other/chipmatch/indexes/v/x")
