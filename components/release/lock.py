@@ -118,6 +118,20 @@ class StorageLock:
                 claims[path] = None
         return claims
 
+    def _live_claims_of_others(self) -> dict[str, LockOwner | None]:
+        live = {}
+        for path, owner in self._claims().items():
+            if path == self._claim:
+                continue
+            if owner is not None and self._is_stale(owner):
+                logger.warning("breaking stale lock %s held by %s: no refresh for %.0f s (stale_after=%.0f s) "
+                               "and its owner is gone", self.store.uri_of(path), owner.describe(),
+                               time.time() - owner.heartbeat_at, self.stale_after)
+                self._delete_quietly(path)
+            else:
+                live[path] = owner
+        return live
+
     def _is_stale(self, owner: LockOwner) -> bool:
         if time.time() - owner.heartbeat_at <= self.stale_after:
             return False
@@ -139,22 +153,20 @@ class StorageLock:
             token = uuid.uuid4().hex
             self._claim = f"{self.directory}/{time.time_ns():020d}-{token}.json"
             mine = LockOwner(self.host, os.getpid(), token, now, now, False, self.purpose)
-            self._write_claim(mine)
-            others = {path: owner for path, owner in self._claims().items() if path != self._claim}
-            live = {}
-            for path, owner in others.items():
-                if owner is not None and self._is_stale(owner):
-                    logger.warning("breaking stale lock %s held by %s: no refresh for %.0f s (stale_after=%.0f s) "
-                                   "and its owner is gone", self.store.uri_of(path), owner.describe(),
-                                   time.time() - owner.heartbeat_at, self.stale_after)
-                    self._delete_quietly(path)
-                else:
-                    live[path] = owner
-            if not live:
-                self._owner = _as_held(mine)
-                self._write_claim(self._owner)
-                self._start_heartbeat()
-                return self._owner
+            try:
+                self._write_claim(mine)
+                live = self._live_claims_of_others()
+                if not live:
+                    self._owner = _as_held(mine)
+                    self._write_claim(self._owner)
+                    self._start_heartbeat()
+                    return self._owner
+            except BaseException:
+                # A claim left behind by a live process would block everyone else until it dies.
+                self._owner = None
+                self._delete_quietly(self._claim)
+                self._claim = None
+                raise
             self._delete_quietly(self._claim)
             self._claim = None
             holders = [(p, o) for p, o in live.items() if o is None or o.held]

@@ -193,3 +193,15 @@ def test_bad_arguments_name_the_key(tmp_path):
     with lock:
         with pytest.raises(RuntimeError, match="already held"):
             lock.acquire()
+
+
+def test_a_failure_while_acquiring_leaves_no_claim_behind(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "root"))
+    lock = StorageLock(store, "retrain")
+    monkeypatch.setattr(lock, "_claims", lambda: (_ for _ in ()).throw(OSError("listing failed")))
+    with pytest.raises(OSError, match="listing failed"):
+        lock.acquire()
+    assert store.list("locks/retrain") == [] and lock.owner is None
+    monkeypatch.undo()
+    with StorageLock(store, "retrain"):  # nothing blocks the next acquirer
+        pass
