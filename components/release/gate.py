@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 _GLOB_CHARS = set("*?[")
 

@@ -169,7 +169,7 @@ def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: in
     current = read_pointer(store, name)
     if current is not None and current.live.index == index:
         prune_generations(store, name, keep_generations=keep_generations)
-        return read_pointer(store, name)
+        return _reread(store, name)
     if current is None:
         pointer = LivePointer(name=name, sequence=1, live=Generation(index, 1, _now()))
     else:
@@ -186,7 +186,14 @@ def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: in
     _write(store, pointer)
     logger.info("live index %s -> %s (sequence %d)", name, store.uri_of(index), pointer.sequence)
     prune_generations(store, name, keep_generations=keep_generations)
-    return read_pointer(store, name)
+    return _reread(store, name)
+
+
+def _reread(store: Store, name: str) -> LivePointer:
+    pointer = read_pointer(store, name)
+    if pointer is None:  # only when someone deleted it behind our back
+        raise FileNotFoundError(f"{store.uri_of(pointer_path(name))} vanished right after it was written")
+    return pointer
 
 
 def rollback(store: Store, name: str) -> LivePointer:
@@ -236,7 +243,9 @@ def prune_generations(store: Store, name: str, *, keep_generations: int) -> list
         return []
 
     def due(generation: Generation) -> bool:
-        return current.sequence - generation.retired_sequence >= keep_generations - 1
+        # A record without its retirement sequence (hand-edited) counts as retired just now: kept.
+        retired = current.sequence if generation.retired_sequence is None else generation.retired_sequence
+        return current.sequence - retired >= keep_generations - 1
 
     candidates = list(current.previous[1:]) + list(current.retired)
     protected = {current.live.index} | {g.index for g in current.previous[:1]}

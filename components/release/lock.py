@@ -139,8 +139,8 @@ class StorageLock:
             return not _pid_running(owner.pid)
         return True  # another host: its pid cannot be checked; a live owner would have refreshed
 
-    def _write_claim(self, owner: LockOwner) -> None:
-        self.store.write_json(self._claim, asdict(owner))
+    def _write_claim(self, claim: str, owner: LockOwner) -> None:
+        self.store.write_json(claim, asdict(owner))
 
     # -- acquire / release ----------------------------------------------------------------
     def acquire(self) -> LockOwner:
@@ -151,23 +151,24 @@ class StorageLock:
         while True:
             now = time.time()
             token = uuid.uuid4().hex
-            self._claim = f"{self.directory}/{time.time_ns():020d}-{token}.json"
+            claim = f"{self.directory}/{time.time_ns():020d}-{token}.json"
+            self._claim = claim
             mine = LockOwner(self.host, os.getpid(), token, now, now, False, self.purpose)
             try:
-                self._write_claim(mine)
+                self._write_claim(claim, mine)
                 live = self._live_claims_of_others()
                 if not live:
                     self._owner = _as_held(mine)
-                    self._write_claim(self._owner)
+                    self._write_claim(claim, self._owner)
                     self._start_heartbeat()
                     return self._owner
             except BaseException:
                 # A claim left behind by a live process would block everyone else until it dies.
                 self._owner = None
-                self._delete_quietly(self._claim)
+                self._delete_quietly(claim)
                 self._claim = None
                 raise
-            self._delete_quietly(self._claim)
+            self._delete_quietly(claim)
             self._claim = None
             holders = [(p, o) for p, o in live.items() if o is None or o.held]
             rounds += 1
@@ -202,22 +203,24 @@ class StorageLock:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.stale_after / 4):
             with self._guard:
-                if self._stop.is_set() or self._owner is None:
+                claim = self._claim
+                if self._stop.is_set() or self._owner is None or claim is None:
                     return
-                if not self.store.exists(self._claim):
+                if not self.store.exists(claim):
                     logger.error("lock claim %s disappeared while held (broken as stale by another "
                                  "process?): this run no longer holds the %s lock",
-                                 self.store.uri_of(self._claim), self.name)
+                                 self.store.uri_of(claim), self.name)
                     return
                 self._owner = LockOwner(**{**asdict(self._owner), "heartbeat_at": time.time()})
-                self._write_claim(self._owner)
+                self._write_claim(claim, self._owner)
 
     def release(self) -> None:
         if self._owner is None:
             return
         self._stop.set()
         with self._guard:  # a refresh in progress finishes before the claim goes
-            self._delete_quietly(self._claim)
+            if self._claim is not None:
+                self._delete_quietly(self._claim)
             self._owner = None
             self._claim = None
         if self._heartbeat is not None:

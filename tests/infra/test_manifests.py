@@ -283,8 +283,8 @@ def test_schedules_are_valid_and_agree():
     assert valid_cron("*/15 0-6 * * 1,3") and not valid_cron("61 2 * * *") and not valid_cron("0 2 * *")
     (cron,) = of_kind("RayCronJob")
     (cronjob,) = of_kind("CronJob")
-    line = [l for l in (INFRA / "schedule" / "chipmatch-retrain.cron").read_text().splitlines()
-            if l and not l.startswith("#") and "=" not in l.split()[0]][0]
+    line = [text for text in (INFRA / "schedule" / "chipmatch-retrain.cron").read_text().splitlines()
+            if text and not text.startswith("#") and "=" not in text.split()[0]][0]
     schedules = {cron["spec"]["schedule"], cronjob["spec"]["schedule"], " ".join(line.split()[:5])}
     assert len(schedules) == 1 and valid_cron(schedules.pop())
     for obj in (cron, cronjob):
