@@ -7,7 +7,9 @@ registry, at 32×32 (120 classes, the small preset's seen classes) and 101×101 
 All losses use the same backbone, the same batches and are timed in the same run; steps are
 *interleaved* (one step of every loss per round) so a change of machine load hits every loss
 alike. Warm-up rounds are dropped; the median step is reported and divided by CE's median.
-Target: ≤ 1.15× CE.
+Target: ≤ 1.15× CE. A step also reads ``loss.diagnostics()``, as the training loop does after
+every step. Rows ``<loss>+<miner>`` (``--variants``) time a pair/triplet loss with another miner
+from ``components.miners``.
 
 Clock: on CPU, the process's CPU time with one intra-op thread (the shared 2-core machines
 run other jobs: wall time there swings by ±100 % between steps, CPU time by a few %; on an
@@ -88,8 +90,13 @@ def make_batches(num_classes: int, size: int, count: int, device, seed: int = 0)
     return batches
 
 
-def build_step(name, base_model, num_classes, embedding_dim, device):
+def build_step(row, base_model, num_classes, embedding_dim, device):
+    """``row``: a loss name, or ``<loss>+<miner>`` for a loss with another miner."""
+    name, _, miner = row.partition("+")
     params = paper_params(name)
+    if miner:
+        params.pop("mining", None)
+        params["miner"] = miner
     if loss_class(name).has_parameters:
         params.update(num_classes=num_classes, embedding_dim=embedding_dim)
     loss = build_loss(name, **params)
@@ -104,6 +111,7 @@ def build_step(name, base_model, num_classes, embedding_dim, device):
         optimiser.zero_grad(set_to_none=True)
         module(images, attributes if continuous else labels).backward()
         optimiser.step()
+        loss.diagnostics()  # the loop logs them after every step (one host transfer)
         sync(device)
         return clock() - start
 
@@ -114,7 +122,7 @@ def bench_size(size, args, device):
     num_classes = SIZES[size]
     torch.manual_seed(0)
     base_model = build_model(args.backbone, args.embedding_dim, in_channels=1, image_size=size)
-    names = args.losses or available_losses()
+    names = [*(args.losses or available_losses()), *args.variants]
     steps = {name: build_step(name, base_model, num_classes, args.embedding_dim, device) for name in names}
     batches = make_batches(num_classes, size, min(8, args.warmup + args.steps), device)
     times = {name: [] for name in names}
@@ -129,21 +137,22 @@ def bench_size(size, args, device):
     ce = median["cross_entropy"]
     print(f"\n{size}×{size}, {num_classes} classes, batch {P}×{K}, {args.backbone}, "
           f"median of {args.steps} steps ({args.warmup} warm-up excluded), {device}")
-    print(f"{'loss':<20}{'ms/step':>10}{'IQR %':>8}{'× CE':>8}  ≤{TARGET_RATIO}×CE")
+    print(f"{'loss':<26}{'ms/step':>10}{'IQR %':>8}{'× CE':>8}  ≤{TARGET_RATIO}×CE")
     for name in names:
         q1, _, q3 = statistics.quantiles([t * 1e3 for t in times[name]], n=4)
         ratio = median[name] / ce
-        print(f"{name:<20}{median[name]:>10.1f}{100 * (q3 - q1) / median[name]:>8.0f}"
+        print(f"{name:<26}{median[name]:>10.1f}{100 * (q3 - q1) / median[name]:>8.0f}"
               f"{ratio:>8.2f}  {'yes' if ratio <= TARGET_RATIO else 'NO'}")
-    if "hierarchical_proxy" in steps:
+    for name, (_, loss) in steps.items():
+        if not (getattr(loss, "uses_kmeans", False) and hasattr(loss, "reassign")):
+            continue
         # k-means runs every reassign_every training steps, so no timed step above contains it:
         # add its amortised cost.
-        loss = steps["hierarchical_proxy"][1]
         start = clock()
         loss.reassign()
         kmeans = (clock() - start) * 1e3
-        amortised = median["hierarchical_proxy"] + kmeans / loss.reassign_every
-        print(f"  hierarchical_proxy k-means reassignment: {kmeans:.1f} ms every {loss.reassign_every} "
+        amortised = median[name] + kmeans / loss.reassign_every
+        print(f"  {name} k-means reassignment: {kmeans:.1f} ms every {loss.reassign_every} "
               f"steps → {amortised:.1f} ms/step amortised, {amortised / ce:.2f}× CE")
 
 
@@ -204,6 +213,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps per loss (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per loss first")
     parser.add_argument("--losses", nargs="+", help="subset (cross_entropy is always added)")
+    parser.add_argument("--variants", nargs="*", default=["triplet+batch_hard", "contrastive+batch_hard",
+                                                          "multi_similarity+semi_hard"],
+                        help="<loss>+<miner> rows: a pair/triplet loss with another miner")
     parser.add_argument("--loop-repeats", type=int, default=3, help="timed calls of the WARP loop")
     parser.add_argument("--skip-warp", action="store_true")
     parser.add_argument("--clock", choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA")

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
-from components.miners import BaseMiner, as_triplets, check_miner_spec, label_masks, miner_from_spec, pair_masks
+from components.miners import (
+    BaseMiner,
+    as_triplets,
+    check_miner_spec,
+    label_masks,
+    miner_from_spec,
+    pair_masks,
+    triplets_of_pairs,
+)
 
 from .base import MetricLoss
 
@@ -42,8 +48,7 @@ class MinedLoss(MetricLoss):
     def mine_triplets(self, embeddings, labels, matrix=None, distance_name=None):
         """(anchor, positive, negative) of the miner, or every valid triplet without one."""
         if self.miner is None:
-            positive, negative = label_masks(labels)
-            return torch.nonzero(positive.unsqueeze(2) & negative.unsqueeze(1), as_tuple=True)
+            return triplets_of_pairs(*label_masks(labels))
         return as_triplets(self._mine(embeddings, labels, matrix, distance_name))
 
     def mine_pair_masks(self, embeddings, labels, positive, negative, matrix=None, distance_name=None):

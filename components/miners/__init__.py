@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
-from .base import DISTANCES, PAIRS, TRIPLETS, BaseMiner, as_triplets, label_masks, pair_masks
+from .base import DISTANCES, PAIRS, TRIPLETS, BaseMiner, as_triplets, label_masks, pair_masks, triplets_of_pairs
 from .batch_all import BatchAllMiner
 from .batch_hard import BatchHardMiner
 from .multi_similarity import MultiSimilarityMiner
@@ -126,4 +126,5 @@ __all__ = [
     "miner_from_spec",
     "miner_params",
     "pair_masks",
+    "triplets_of_pairs",
 ]

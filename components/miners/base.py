@@ -50,6 +50,23 @@ def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return same & ~eye, ~same
 
 
+def triplets_of_pairs(positive: torch.Tensor, negative: torch.Tensor, keep=None):
+    """Every (a, p, n) with (a, p) in the [B, B] mask ``positive`` and (a, n) in ``negative``,
+    in (a, p, n) order; ``keep(anchors, positives)`` may narrow the [P, B] negative mask.
+
+    Enumerated per positive pair, [P, B] (768 × 256 for a 64×4 batch), rather than as a
+    [B, B, B] mask (16.8 M entries) as pml's ``get_all_triplets_indices`` does: the batch-all
+    triplet loss of a 64×4 batch (forward + backward, one CPU core) took 20 ms that way, 6.5 ms
+    this way.
+    """
+    anchors, positives = torch.nonzero(positive, as_tuple=True)
+    candidates = negative[anchors]                                              # [P, B]
+    if keep is not None:
+        candidates = candidates & keep(anchors, positives)
+    pair, negatives = torch.nonzero(candidates, as_tuple=True)
+    return anchors[pair], positives[pair], negatives
+
+
 def check_margin(name: str, value, allow_none: bool = True):
     if value is None and allow_none:
         return None

@@ -10,9 +10,7 @@ trained batch are easy, and their zeros would drown the active ones.
 
 from __future__ import annotations
 
-import torch
-
-from .base import BaseMiner, check_margin, label_masks
+from .base import BaseMiner, check_margin, label_masks, triplets_of_pairs
 
 
 class BatchAllMiner(BaseMiner):
@@ -24,11 +22,13 @@ class BatchAllMiner(BaseMiner):
 
     def mine(self, dissimilarity, labels):
         positive, negative = label_masks(labels)
-        valid = positive.unsqueeze(2) & negative.unsqueeze(1)                 # [a, p, n]
-        if self.margin is not None:
-            # d[a, n] - d[a, p], broadcast as [a, 1, n] - [a, p, 1].
-            valid &= dissimilarity.unsqueeze(1) - dissimilarity.unsqueeze(2) <= self.margin
-        return torch.nonzero(valid, as_tuple=True)
+        if self.margin is None:
+            return triplets_of_pairs(positive, negative)
+
+        def within_margin(anchors, positives):   # d[a, n] - d[a, p] <= margin, [P, B]
+            return dissimilarity[anchors] - dissimilarity[anchors, positives].unsqueeze(1) <= self.margin
+
+        return triplets_of_pairs(positive, negative, within_margin)
 
     def settings(self):
         return {"margin": self.margin, **super().settings()}
