@@ -225,6 +225,8 @@ while not os.path.exists(stop):
         with open(raw_path, "rb") as handle:
             raw = handle.read()
     except FileNotFoundError:
+        if reads:
+            errors.append("the pointer vanished during a switch")  # the rename must replace in place
         continue
     try:
         data = json.loads(raw)          # never half a pointer
@@ -233,6 +235,9 @@ while not os.path.exists(stop):
         continue
     try:
         pointer = read_pointer(store, name)   # the reader a search service uses
+        if pointer is None:
+            errors.append("read_pointer found no pointer during a switch")
+            continue
         sequences.add(pointer.sequence)
         exists = store.exists(f"{pointer.live.index}/{INDEX_MANIFEST_FILENAME}")
         now = exists or read_pointer(store, name).sequence
