@@ -19,13 +19,17 @@ attributes with different units beforehand (the loss compares the same raw dista
 
 Like `PKBatchSampler`, every rank builds the *same* global batches from (seed, epoch) and takes
 its own contiguous slice; a loss that needs the groups whole must see the gathered global
-batch (as `TrainModule` gathers it under DDP).
+batch (as `TrainModule` gathers it under DDP). Batches depend only on (seed, epoch), so
+``set_epoch(epoch, start_batch=b)``, ``state_dict`` and ``load_state_dict`` resume mid-epoch
+exactly as `PKBatchSampler`'s do. An epoch's plan is built when first iterated; the
+neighbours come from a KD-tree over the labels, so that costs well under a millisecond per
+anchor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -80,31 +84,91 @@ class LabelNeighbourBatchSampler:
         self.labels = values
         self.batch_size, self.k, self.anchors_per_batch = int(batch_size), int(neighbours_per_anchor), int(anchors_per_batch)
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.share = self.batch_size // world_size
         self.batches_per_epoch = int(batches_per_epoch or math.ceil(num_samples / batch_size))
-        self.epoch = 0
+        self.epoch, self.start_batch, self.position = 0, 0, 0
+        self._plan_cache: tuple[int, np.ndarray, list[dict[int, np.ndarray]]] | None = None
+        self._tree = None  # KD-tree over the labels, built on first use
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    # --- epoch state (as PKBatchSampler) ------------------------------------------------------
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; the next iteration starts at batch ``start_batch`` (resume mid-epoch)."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
+        self.epoch, self.start_batch, self.position = int(epoch), int(start_batch), int(start_batch)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the iteration stands (epoch, batches done); an epoch that ran to its end resumes
+        as ``set_epoch(epoch + 1)``."""
+        if self.position >= self.batches_per_epoch:
+            return {"epoch": self.epoch + 1, "start_batch": 0, "seed": self.seed}
+        return {"epoch": self.epoch, "start_batch": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"the checkpoint's sampler seed {state['seed']} differs from train.seed={self.seed}:"
+                             " a resumed run would see other batches")
+        self.set_epoch(state["epoch"], state["start_batch"])
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (also after ``set_epoch(..., start_batch=b)``)."""
         return self.batches_per_epoch
 
+    # --- iteration ------------------------------------------------------------------------
+    def anchored_batches(self) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
+        """(global batch, {anchor: its neighbours}) for the batches of this epoch from
+        ``start_batch`` on; ``position`` counts the batches handed out (for ``state_dict``)."""
+        plan, groups = self.plan(self.epoch)
+        for t in range(self.start_batch, len(plan)):
+            self.position = t + 1
+            yield plan[t].copy(), groups[t]
+
+    def global_batches(self) -> Iterator[np.ndarray]:
+        """The batches of this epoch as every rank sees them (anchor groups first, then the fill)."""
+        for batch, _ in self.anchored_batches():
+            yield batch
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.global_batches():
+            yield batch[self.rank * self.share: (self.rank + 1) * self.share]
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
+        """All global batches of ``epoch`` (int64 [batches_per_epoch, batch_size]) and their
+        anchor groups: a function of (seed, epoch)."""
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            self._plan_cache = (epoch, *self._build_plan(np.random.default_rng([self.seed, epoch])))
+        return self._plan_cache[1], self._plan_cache[2]
+
+    # --- how an epoch is built --------------------------------------------------------------
     def nearest_neighbours(self, anchor: int, rng: np.random.Generator) -> np.ndarray:
         """The k samples nearest to `anchor` in label space (never the anchor itself); ties at
-        the k-th distance are broken with `rng`."""
-        distance = ((self.labels - self.labels[anchor]) ** 2).sum(axis=1)
-        distance[anchor] = np.inf
-        kth = np.partition(distance, self.k - 1)[self.k - 1]
-        closer = np.flatnonzero(distance < kth)
-        tied = np.flatnonzero(distance == kth)
-        return np.concatenate([closer, rng.choice(tied, self.k - closer.size, replace=False)])
+        the k-th distance are broken with `rng`.
 
-    def anchored_batches(self) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
-        """(global batch, {anchor: its neighbours}) for every batch of this epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+        A KD-tree (scikit-learn) finds the candidates: everything within the (k+1)-th nearest
+        distance, anchor included, with a little slack so rounding in the tree cannot drop a
+        tied sample. The choice among them uses exact squared distances computed here.
+        """
+        if self._tree is None:
+            from sklearn.neighbors import KDTree  # scikit-learn is a dependency; imported when first needed
+
+            self._tree = KDTree(self.labels)
+        point = self.labels[anchor][None, :]
+        nearest, _ = self._tree.query(point, k=min(self.k + 1, self.labels.shape[0]))
+        radius = float(nearest[0, -1])
+        candidates = self._tree.query_radius(point, r=radius * (1 + 1e-9) + 1e-12)[0]
+        candidates = candidates[candidates != anchor]
+        distance = ((self.labels[candidates] - self.labels[anchor]) ** 2).sum(axis=1)
+        kth = np.partition(distance, self.k - 1)[self.k - 1]
+        closer = candidates[distance < kth]
+        tied = candidates[distance == kth]
+        return np.concatenate([closer, rng.choice(tied, self.k - closer.size, replace=False)]).astype(np.int64)
+
+    def _build_plan(self, rng: np.random.Generator) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
         num_samples = self.labels.shape[0]
+        plan = np.empty((self.batches_per_epoch, self.batch_size), dtype=np.int64)
+        all_groups = []
         order, position = rng.permutation(num_samples), 0
-        for _ in range(self.batches_per_epoch):
+        for t in range(self.batches_per_epoch):
             in_batch = np.zeros(num_samples, dtype=bool)
             parts, groups = [], {}
             while len(groups) < self.anchors_per_batch:
@@ -122,14 +186,6 @@ class LabelNeighbourBatchSampler:
                 parts.append(new)
             taken = sum(part.size for part in parts)
             parts.append(rng.choice(np.flatnonzero(~in_batch), self.batch_size - taken, replace=False))
-            yield np.concatenate(parts).astype(np.int64), groups
-
-    def global_batches(self) -> Iterator[np.ndarray]:
-        """The batches of this epoch as every rank sees them (anchor groups first, then the fill)."""
-        for batch, _ in self.anchored_batches():
-            yield batch
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        share = self.batch_size // self.world_size
-        for batch in self.global_batches():
-            yield batch[self.rank * share: (self.rank + 1) * share]
+            plan[t] = np.concatenate(parts)
+            all_groups.append(groups)
+        return plan, all_groups

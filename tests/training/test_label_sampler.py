@@ -122,3 +122,23 @@ def test_bad_settings_are_named(arguments, error, message):
     settings.update(arguments)
     with pytest.raises(error, match=message):
         LabelNeighbourBatchSampler(**settings)
+
+
+def test_resume_mid_epoch_sees_the_remaining_batches():
+    labels = continuous_labels(160, seed=9)
+    sampler = LabelNeighbourBatchSampler(labels, 16, 3, seed=2)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    iterator = iter(sampler)
+    for _ in range(4):
+        next(iterator)
+    state = sampler.state_dict()
+    assert state == {"epoch": 3, "start_batch": 4, "seed": 2}
+    resumed = LabelNeighbourBatchSampler(labels, 16, 3, seed=2)
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(whole) == 10
+    rest = list(resumed)
+    assert len(rest) == 6 and all(np.array_equal(a, b) for a, b in zip(rest, whole[4:]))
+    assert resumed.state_dict() == {"epoch": 4, "start_batch": 0, "seed": 2}
+    with pytest.raises(ValueError, match="seed"):
+        LabelNeighbourBatchSampler(labels, 16, 3, seed=5).load_state_dict(state)
