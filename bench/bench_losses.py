@@ -187,7 +187,7 @@ def bench_warp(args, device):
             violates = scores.gather(1, draws) > scores.gather(1, labels[:, None]) - 1.0
             first = torch.where(violates.any(1), violates.int().argmax(1) + 1, num_classes - 1)
 
-            def run(fn):
+            def run(fn, scores=scores, labels=labels, draws=draws):  # this round's tensors
                 leaf = scores.clone().requires_grad_(True)
                 value = fn(leaf, labels, draws)
                 value.backward()

@@ -2,7 +2,8 @@
 
     loss = build_loss("proxy_anchor", num_classes=60, embedding_dim=256, alpha=32, margin=0.1)
     value = loss(embeddings, labels)            # scalar
-    loss.diagnostics()                          # {"proxy_norm_mean": 1.02, ...} for MLflow
+    loss.diagnostics()                          # {"proxy_norm_mean": 1.02, ...} after every step
+    loss.diagnostics(detailed=True)             # + O(C²·D) ones (proxy_cosine_max), once an epoch
     if loss.has_parameters:                     # proxies / classifier weights
         optimiser.add_param_group({"params": loss.parameters(), "lr": 100 * lr})
 
@@ -29,13 +30,16 @@ itself, and their diagnostics. It may import torch, numpy, scikit-learn (lazily)
 pytorch-metric-learning and ``components.miners``; never ``components.training``,
 ``components.evaluation`` or ``pipelines`` (they import it). No config files are read here.
 
-Adding a loss touches three places: its module here (a ``MetricLoss`` subclass: class
-attributes for what it needs, ``compute_loss`` for the maths, ``record``/
+Adding a loss touches three places outside the tests: its module here (a ``MetricLoss``
+subclass: class attributes for what it needs, ``compute_loss`` for the maths, ``record`` /
 ``parameter_diagnostics`` for what it reports), its line in ``LOSSES`` below, and
-``conf/loss/<name>.yaml`` (the ``name`` and every constructor parameter with its default;
-tests/losses/test_loss_registry.py checks that the file and the signature agree). The tests
-that run every registered loss (registry, training, diagnostics) pick it up from ``LOSSES``;
-its reference test is the one to write.
+``conf/loss/<name>.yaml`` (``name`` and every constructor parameter with its default). No code
+outside this package branches on a loss's name: the training loop, the config check, the
+sweeps and bench/bench_losses.py ask the registry and the class. In the tests, the ones that
+run every registered loss (registry, training, diagnostics, capabilities) pick it up from
+``LOSSES``;
+tests/losses/test_loss_registry.py's ``NAMES`` lists the losses on purpose (a guard that none
+disappears) and gets one word, and its reference test against a slow loop is the one to write.
 """
 
 from __future__ import annotations

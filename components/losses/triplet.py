@@ -26,7 +26,6 @@ margin, whose term is never exactly 0).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import LpDistance
 

@@ -102,7 +102,7 @@ def lifted(embeddings, labels, margin=1.0):
                 continue
             num_pairs += 1
             exps = [math.exp(margin - dist(x[i], x[k])) for k in range(n) if y[k] != y[i]]
-            exps += [math.exp(margin - dist(x[j], x[l])) for l in range(n) if y[l] != y[j]]
+            exps += [math.exp(margin - dist(x[j], x[m])) for m in range(n) if y[m] != y[j]]
             J = math.log(sum(exps)) + dist(x[i], x[j])
             total += max(0.0, J) ** 2
     return total / (2 * num_pairs) if num_pairs else 0.0
@@ -290,7 +290,7 @@ def lifted_over(embeddings, positive, negative, margin=1.0):
     total, count = 0.0, 0
     for i, j in sorted(positive):
         exps = [math.exp(margin - dist(x[i], x[k])) for a, k in negative if a == i]
-        exps += [math.exp(margin - dist(x[j], x[l])) for b, l in negative if b == j]
+        exps += [math.exp(margin - dist(x[j], x[m])) for b, m in negative if b == j]
         if not exps:
             continue
         J = math.log(sum(exps)) + dist(x[i], x[j])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.losses import loss_references as ref
 from components.losses import build_loss
+from tests.losses import loss_references as ref
 
 REFERENCES = {"proxy_anchor": ref.proxy_anchor, "proxy_nca": ref.proxy_nca}
 
@@ -25,7 +25,9 @@ def mean_by_loop(fine, assignment):
     ])
 
 
-@pytest.mark.parametrize("base, base_params", [("proxy_anchor", {}), ("proxy_anchor", {"alpha": 16.0, "margin": 0.2}), ("proxy_nca", {"scale": 4.0})])
+@pytest.mark.parametrize(
+    "base, base_params", [("proxy_anchor", {}), ("proxy_anchor", {"alpha": 16.0, "margin": 0.2}), ("proxy_nca", {"scale": 4.0})]
+)
 def test_given_superclasses_equal_weighted_sum_of_reference_losses(base, base_params):
     embeddings, labels = batch()
     superclass_of = [1, 0, 1, 2, 0, 2]
@@ -37,7 +39,8 @@ def test_given_superclasses_equal_weighted_sum_of_reference_losses(base, base_pa
     coarse = mean_by_loop(fine, superclass_of)
     coarse_labels = [superclass_of[int(c)] for c in labels]
     reference = REFERENCES[base]
-    expected = reference(embeddings, labels, fine, **base_params) + 0.7 * reference(embeddings, coarse_labels, coarse, **base_params)
+    expected = (reference(embeddings, labels, fine, **base_params)
+                + 0.7 * reference(embeddings, coarse_labels, coarse, **base_params))
     assert loss(embeddings, labels).item() == pytest.approx(expected, rel=1e-6)
     assert torch.allclose(loss.level_proxies()[1], coarse)
 
@@ -127,7 +130,9 @@ def test_reassignment_happens_every_T_training_iterations():
 
 def test_coarse_level_trains_the_fine_proxies_and_state_is_saved():
     embeddings, labels = batch()
-    loss = build_loss("hierarchical_proxy", num_classes=6, embedding_dim=4, superclass_of=[0, 0, 1, 1, 2, 2], level_weights=[0.0, 1.0])
+    loss = build_loss(
+        "hierarchical_proxy", num_classes=6, embedding_dim=4, superclass_of=[0, 0, 1, 1, 2, 2], level_weights=[0.0, 1.0]
+    )
     loss(embeddings.float(), labels).backward()
     assert loss.proxies.grad is not None and loss.proxies.grad.abs().sum() > 0
     kmeans_loss = build_loss("hierarchical_proxy", num_classes=6, embedding_dim=4, num_coarse=2)

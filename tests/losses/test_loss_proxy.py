@@ -6,9 +6,9 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 
-from tests.losses import loss_references as ref
 from components.losses import build_loss
 from components.losses.proxy import proxy_nca_loss
+from tests.losses import loss_references as ref
 
 
 def batch(seed=0, n=10, dim=6, num_classes=4):

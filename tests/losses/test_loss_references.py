@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.losses import loss_references as ref
 from components.losses import build_loss
+from tests.losses import loss_references as ref
 
 # Batch shapes: P×K balanced, K = 2 (N-pair's own shape), ragged class sizes including a
 # singleton class (a sample with no positive), all with shuffled label order.

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from tests.losses import loss_references as ref
 from components.losses import build_loss
+from tests.losses import loss_references as ref
 
 
 def batch(counts, seed, dim=5):
