@@ -76,6 +76,8 @@ class MetricLoss(nn.Module):
     num_classes: int | None = None
     #: Set by losses that own tensors of the embedding width.
     embedding_dim: int | None = None
+    #: Per-forward diagnostics of the last batch (see :meth:`record`).
+    _recorded: dict[str, torch.Tensor | float]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_embeddings(embeddings)

@@ -104,7 +104,10 @@ def miner_from_spec(spec, what: str = "miner") -> BaseMiner | None:
     if spec is None or isinstance(spec, BaseMiner):
         return spec
     check_miner_spec(spec, what)
-    name, params = _parse_spec(spec, what)
+    parsed = _parse_spec(spec, what)
+    if parsed is None:
+        return None
+    name, params = parsed
     try:
         return build_miner(name, **params)
     except (TypeError, ValueError) as exc:
