@@ -96,15 +96,18 @@ class LiftedStructureLoss(MinedLoss):
             return zero_loss(embeddings)
         distances = self.distance(embeddings)                                         # [B, B]
         positive, negative = self.mine_pair_masks(embeddings, labels, positive, negative, distances, "euclidean")
-        has_negative = negative.any(dim=1)
-        # A sample without (mined) negatives gets a very small finite S instead of -inf, so
-        # logaddexp and its gradient stay finite; its pairs are masked out below.
-        lowest = torch.finfo(distances.dtype).min / 4
-        lse = torch.logsumexp((self.margin - distances).masked_fill(~negative, float("-inf")).masked_fill(
-            ~has_negative.unsqueeze(1), 0.0), dim=1)
-        lse = torch.where(has_negative, lse, torch.full_like(lse, lowest))
+        masked = (self.margin - distances).masked_fill(~negative, float("-inf"))
+        if self.miner is None:
+            # With two labels in the batch every sample has a negative, so S is finite.
+            lse, used = torch.logsumexp(masked, dim=1), positive
+        else:
+            # A sample without mined negatives gets a very small finite S instead of -inf, so
+            # logaddexp and its gradient stay finite; a pair with none on either side is left out.
+            has_negative = negative.any(dim=1)
+            lse = torch.logsumexp(masked.masked_fill(~has_negative.unsqueeze(1), 0.0), dim=1)
+            lse = torch.where(has_negative, lse, torch.full_like(lse, torch.finfo(lse.dtype).min / 4))
+            used = positive & (has_negative.unsqueeze(1) | has_negative.unsqueeze(0))
         j = torch.logaddexp(lse.unsqueeze(1), lse.unsqueeze(0)) + distances           # J_ij
-        used = positive & (has_negative.unsqueeze(1) | has_negative.unsqueeze(0))
         hinge = torch.relu(j) * used
         num_used = used.sum()
         self.record(mined_pairs=num_used, active_pair_fraction=(hinge > 0).sum() / num_used.clamp(min=1))
