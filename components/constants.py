@@ -13,7 +13,14 @@ MANIFEST_FILENAME = "manifest.json"
 SPLIT_TRAIN = "train"      # seen classes, used to fit the model
 SPLIT_VAL = "val"          # images of seen classes held out for model selection
 SPLIT_UNSEEN = "unseen"    # classes never trained on: retrieval is measured here only
-SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_UNSEEN)
+SPLIT_TEST = "test"        # held-out images of trained classes: the retrieval set of protocol images
+SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_UNSEEN, SPLIT_TEST)
+
+# Split protocols (`split.protocol`) and where each one measures retrieval.
+PROTOCOL_CLASSES = "classes"   # class-disjoint: train on seen classes, retrieve among unseen ones
+PROTOCOL_IMAGES = "images"     # every class trained; retrieve among held-out images of them
+PROTOCOLS = (PROTOCOL_CLASSES, PROTOCOL_IMAGES)
+RETRIEVAL_SPLITS = {PROTOCOL_CLASSES: SPLIT_UNSEEN, PROTOCOL_IMAGES: SPLIT_TEST}
 
 # Where a source says which of its own files an item came from (Fashion-MNIST's train/test
 # files, a manifest's `split` column): a key of the item's metadata, value "train" or "test".

@@ -37,6 +37,18 @@ def latest_version(store: Store, dataset: str) -> str | None:
     return store.read_json(latest_path(dataset))["version"]
 
 
+def protocol(manifest: dict[str, Any]) -> str:
+    """The split protocol a version was made with (manifests older than protocols: ``classes``)."""
+    return manifest.get("protocol", C.PROTOCOL_CLASSES)
+
+
+def retrieval_split(manifest: dict[str, Any]) -> str:
+    """The split retrieval is measured on: ``unseen`` (protocol classes) or ``test`` (protocol
+    images). Evaluation and indexing call this instead of assuming ``unseen``; manifests older
+    than protocols have no such key and are class-disjoint."""
+    return manifest.get("retrieval_split", C.SPLIT_UNSEEN)
+
+
 def list_versions(store: Store, dataset: str) -> list[str]:
     """Published versions (those with a manifest) of `dataset`."""
     return [v for v in store.list_dirs(f"{DATASETS_DIR}/{dataset}") if store.exists(manifest_path(dataset, v))]
@@ -61,8 +73,17 @@ class DatasetVersion:
     def uri(self) -> str:
         return self.store.uri_of(manifest_path(self.dataset, self.version))
 
+    @property
+    def protocol(self) -> str:
+        return protocol(self.manifest)
+
+    @property
+    def retrieval_split(self) -> str:
+        return retrieval_split(self.manifest)
+
     def classes(self, split: str) -> list[str]:
-        """Class names of a split in label-index order (train and val share the seen classes)."""
+        """Class names of a split in label-index order: train, val and test (held-out images of
+        trained classes) share the seen classes, so a classifier's indices mean the same in all."""
         if split not in C.SPLITS:
             raise ValueError(f"split {split!r} is unknown; valid choices: {list(C.SPLITS)}")
         key = "unseen_classes" if split == C.SPLIT_UNSEEN else "seen_classes"

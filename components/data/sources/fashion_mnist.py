@@ -1,4 +1,9 @@
-"""The real Fashion-MNIST, from Debian's `dataset-fashion-mnist` package (no downloads)."""
+"""The real Fashion-MNIST, from Debian's `dataset-fashion-mnist` package (no downloads).
+
+Each item records which official file it came from (`metadata["source_split"]`: "train" for
+the 60k training images, "test" for the 10k t10k images), so `split.protocol: images` can
+reproduce the published protocol: train on the training file, retrieve within the test file.
+"""
 
 from __future__ import annotations
 
@@ -81,7 +86,8 @@ class FashionMnistSource(Source):
                     key=f"{subset}/{index:05d}",
                     label=CLASS_NAMES[int(labels[index])],
                     locator={"subset": subset, "index": index},
-                    metadata={C.SOURCE: f"fashion-mnist/{subset}[{index}]"},
+                    # The official train/test files: split.protocol=images retrieves within "test".
+                    metadata={C.SOURCE: f"fashion-mnist/{subset}[{index}]", C.SOURCE_SPLIT: subset},
                 ))
         return items
 
