@@ -4,9 +4,11 @@ Both read the same folder of PNG chips (rendered once by the synthetic generator
 convert to grayscale, normalise the size, re-encode PNG and write WebDataset-style tars. The
 naive writer does exactly that in one loop; chipmatch additionally hashes inputs, checks
 duplicates, splits classes and writes a manifest. Printed: images/s of both and the ratio,
-measured in the same run (absolute numbers on shared 2-core machines mean little).
+measured in the same run (absolute numbers on shared 2-core machines mean little), for each
+of `--repeats` alternating rounds and their median, with the machine's load and the seconds
+chipmatch spent per step (list, load, decide, write, publish).
 
-    .venv/bin/python bench/bench_shard.py [--images 8000] [--sizes 32 101]
+    .venv/bin/python bench/bench_shard.py [--images 8000] [--sizes 32 101] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ import argparse
 import io
 import os
 import shutil
+import statistics
+import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_load  # noqa: E402  (bench/common.py)
 
 
 def write_chips(folder: Path, size: int, count: int) -> int:
@@ -59,15 +66,14 @@ def naive_writer(folder: Path, out: Path, size: int, per_shard: int) -> int:
     return count
 
 
-def chipmatch_ingest(folder: Path, out: Path, size: int, per_shard: int) -> int:
+def chipmatch_ingest(folder: Path, out: Path, size: int, per_shard: int):
     from components.data.ingest import ImageSpec, ingest
     from components.data.sources.folder import FolderConfig, FolderSource
     from components.data.splits import SplitSpec
     from components.storage import Store
 
-    result = ingest(FolderSource(FolderConfig(root=str(folder))), Store(str(out)), ImageSpec(size=size, channels=1),
-                    SplitSpec(), per_shard)
-    return result.manifest["summary"]["accepted"]
+    return ingest(FolderSource(FolderConfig(root=str(folder))), Store(str(out)), ImageSpec(size=size, channels=1),
+                  SplitSpec(), per_shard)
 
 
 def main() -> None:
@@ -75,25 +81,35 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 101])
     parser.add_argument("--per-shard", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.init(include_dashboard=False, logging_level="ERROR")
-    print(f"cpus={os.cpu_count()} images={args.images} per_shard={args.per_shard}")
+    print(f"cpus={os.cpu_count()} ray_cpus={ray.cluster_resources().get('CPU')} images={args.images} "
+          f"per_shard={args.per_shard} repeats={args.repeats}; {machine_load()}")
     for size in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench_shard_{size}_"))
         try:
             write_chips(work / "chips", size, args.images)
-            start = time.perf_counter()
-            naive_count = naive_writer(work / "chips", work / "naive", size, args.per_shard)
-            naive_rate = naive_count / (time.perf_counter() - start)
             chipmatch_ingest(work / "chips", work / "warmup", size, args.per_shard)  # warm Ray workers
-            start = time.perf_counter()
-            count = chipmatch_ingest(work / "chips", work / "chipmatch", size, args.per_shard)
-            rate = count / (time.perf_counter() - start)
-            print(f"{size}x{size}: naive {naive_rate:,.0f} img/s | chipmatch {rate:,.0f} img/s | ratio {rate / naive_rate:.2f}x")
+            ratios = []
+            for round_ in range(args.repeats):
+                start = time.perf_counter()
+                naive_count = naive_writer(work / "chips", work / f"naive{round_}", size, args.per_shard)
+                naive_rate = naive_count / (time.perf_counter() - start)
+                start = time.perf_counter()
+                result = chipmatch_ingest(work / "chips", work / f"chipmatch{round_}", size, args.per_shard)
+                rate = result.manifest["summary"]["accepted"] / (time.perf_counter() - start)
+                ratios.append(rate / naive_rate)
+                steps = " ".join(f"{step} {seconds:.2f}" for step, seconds in result.timings.items())
+                print(f"{size}x{size} round {round_}: naive {naive_rate:,.0f} img/s | chipmatch {rate:,.0f} img/s | "
+                      f"ratio {rate / naive_rate:.2f}x  (chipmatch s: {steps}; {machine_load()})")
+            print(f"{size}x{size}: median ratio {statistics.median(ratios):.2f}x over {len(ratios)} rounds "
+                  f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from components import constants as C
 from components.data.ingest import ImageSpec, IngestResult, ingest
 from components.data.sources import build_source
+from components.data.versions import retrieval_split
 from pipelines.config import Config
 from pipelines.context import StageContext, stage_context
 
@@ -40,7 +41,9 @@ def summary_table(result: IngestResult) -> Table:
     table.add_column("images", justify="right")
     table.add_column("classes", justify="right")
     for split in C.SPLITS:
-        counts = manifest["counts"][split]
+        counts = manifest["counts"].get(split)   # manifests older than a split lack it
+        if counts is None or (not counts and split in (C.SPLIT_UNSEEN, C.SPLIT_TEST) and split != retrieval_split(manifest)):
+            continue   # the retrieval split the protocol does not use
         table.add_row(split, str(sum(counts.values())), str(len(counts)))
     table.add_row("rejected", str(summary["rejected"]), "")
     for reason, count in summary["rejected_by_reason"].items():

@@ -23,6 +23,32 @@ MIN_SIDE = 4  # smaller than this cannot be a chip of anything
 
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded bytes (PNG, JPEG, TIFF, ...) → uint8 array H×W or H×W×C."""
+    return pil_to_array(open_image(data))
+
+
+def chip_from_bytes(data: bytes, image_size: int | None, channels: int) -> bytes:
+    """Encoded input → encoded chip: `encode_chip(normalise(decode_image(data), ...))`, faster.
+
+    When the decoded image already has the chip's mode (8-bit gray for 1 channel, RGB for 3),
+    PIL resizes and re-encodes it directly: the same pixels and the same PNG bytes as the
+    array path, without two copies through numpy (a third of the per-chip cost at 32×32).
+    """
+    image = open_image(data)
+    if (channels, image.mode) not in ((1, "L"), (3, "RGB")):
+        return encode_chip(normalise(pil_to_array(image), image_size, channels))
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise Rejection(C.REJECT_TOO_SMALL, f"{width}x{height} pixels, need at least {MIN_SIDE}")
+    if image_size is not None and (width, height) != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.BILINEAR)
+    # The input's ancillary data (ICC profile, transparency, text) must not reach the chip:
+    # PIL's PNG writer copies some of it from `info`, the array path never sees it.
+    image.info = {}
+    return _png_bytes(image)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode fully (so truncation fails here) into a PIL image; failures are `Rejection`s."""
     if len(data) == 0:
         raise Rejection(C.REJECT_EMPTY, "0 bytes")
     try:
@@ -38,7 +64,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise Rejection(reason, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - SyntaxError, ValueError, zlib errors...
         raise Rejection(C.REJECT_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
-    return pil_to_array(image)
+    return image
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
@@ -117,11 +143,16 @@ def chip_member(channels: int) -> str:
 
 def encode_chip(array: np.ndarray) -> bytes:
     """Lossless bytes of a normalised chip: PNG for 1 or 3 bands, .npy otherwise."""
-    buffer = io.BytesIO()
     if array.ndim == 2 or array.shape[2] == 3:
-        Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
-    else:
-        np.save(buffer, array, allow_pickle=False)
+        return _png_bytes(Image.fromarray(array))
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 

@@ -13,7 +13,6 @@ Bad inputs never stop the stage: each becomes a rejection (reason + detail) in t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -23,20 +22,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import numpy as np
-
 from components import constants as C
 from components.data import decode
-from components.data.records import Rejection, SourceItem
-from components.data.shards import ShardPlan, encode_shard, plan_shards, sample_metadata_bytes
-from components.data.sources import Source, source_from_dict
-from components.data.splits import ClassSplit, SplitSpec, assign_splits, group_keys_by_class, split_classes
+from components.data.chips import FAULT_ENV, LoadedChips, load_chips, write_shards
+from components.data.records import SourceItem
+from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_metadata_bytes
+from components.data.sources import Source
+from components.data.splits import (ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class,
+                                    split_classes)
 from components.data.versions import latest_path, latest_version, list_versions, manifest_path
-from components.storage import Store, sha256_bytes, sha256_json
+from components.storage import Store, sha256_json
 
-# Set to "mid_shard_write" to make shard writers die half-way through a file (tests use it to
-# prove that a crash never leaves a version that looks complete).
-FAULT_ENV = "CHIPMATCH_FAULT_INJECT"
+__all__ = ["FAULT_ENV", "ImageSpec", "IngestResult", "ingest"]
 
 
 @dataclass(frozen=True)
@@ -62,41 +59,7 @@ class IngestResult:
     shards_reused: int = 0
     seconds: float = 0.0
     temporaries_removed: int = 0
-
-
-# --- step 1: load, hash, decode, normalise (runs in Ray workers) ---------------------------
-
-@functools.lru_cache(maxsize=8)
-def _worker_source(source_json: str) -> Source:
-    return source_from_dict(json.loads(source_json))
-
-
-def load_and_normalise(batch: dict[str, np.ndarray], source_json: str, size: int | None, channels: int) -> dict[str, list]:
-    """Ray Data UDF: one row per input, with either PNG bytes or a rejection reason."""
-    source = _worker_source(source_json)
-    out: dict[str, list] = defaultdict(list)
-    for index in range(len(batch["key"])):
-        item = SourceItem.from_row({name: batch[name][index] for name in batch})
-        png, raw_sha, reason, detail = b"", "", item.reject_reason, item.reject_detail
-        if reason is None:
-            try:
-                raw = source.load(item)
-                if isinstance(raw, (bytes, bytearray)):
-                    raw_sha = sha256_bytes(bytes(raw))
-                    pixels = decode.decode_image(bytes(raw))
-                else:
-                    raw_sha = sha256_bytes(np.ascontiguousarray(raw).tobytes() + str(raw.shape).encode())
-                    pixels = raw
-                png = decode.encode_chip(decode.normalise(pixels, size, channels))
-            except Rejection as rejection:
-                reason, detail = rejection.reason, rejection.detail
-            except Exception as exc:  # noqa: BLE001 - one bad input must never stop the stage
-                reason, detail = C.REJECT_CORRUPT, f"{type(exc).__name__}: {exc}"
-        row = item.to_row()
-        row.update(reject_reason=reason or "", reject_detail=detail or "", raw_sha256=raw_sha, png=png)
-        for name, value in row.items():
-            out[name].append(value)
-    return dict(out)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per step: where time goes
 
 
 # --- step 2: decide (driver) -------------------------------------------------------------
@@ -122,41 +85,26 @@ def find_duplicates(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return rejected
 
 
-def sample_metadata(row: dict[str, Any], split: str, role: str) -> dict[str, Any]:
+def sample_metadata(item: SourceItem, raw_sha256: str, split: str, role: str) -> dict[str, Any]:
     """The .json member of a sample: everything a reader needs besides the pixels."""
     return {
-        C.KEY: row["key"], C.LABEL: row["label"], C.SUPERCLASS: row["superclass"] or None,
-        C.SPLIT: split, C.ROLE: role, C.SHA256: row["raw_sha256"],
-        C.ATTRIBUTES: json.loads(row["attributes"]), "metadata": json.loads(row["metadata"]),
+        C.KEY: item.key, C.LABEL: item.label or "", C.SUPERCLASS: item.superclass or None,
+        C.SPLIT: split, C.ROLE: role, C.SHA256: raw_sha256,
+        C.ATTRIBUTES: item.attributes, "metadata": item.metadata,
     }
 
 
 def previous_class_split(store: Store, dataset: str, spec: SplitSpec) -> tuple[str | None, ClassSplit | None]:
-    """The latest version's class assignment, if it was made with the same seed and fraction."""
+    """The latest version's class assignment, if it was made with the same protocol, seed and fraction."""
     parent = latest_version(store, dataset)
     if parent is None or not store.exists(manifest_path(dataset, parent)):
         return None, None
     split = store.read_json(manifest_path(dataset, parent))["split"]
-    if split["seed"] != spec.seed or split["seen_fraction"] != spec.seen_fraction:
+    same = (split["seed"], split["seen_fraction"], split.get("protocol", C.PROTOCOL_CLASSES)) == (
+        spec.seed, spec.seen_fraction, spec.protocol)
+    if not same:
         return parent, None
     return parent, ClassSplit(seen=split["seen_classes"], unseen=split["unseen_classes"])
-
-
-# --- step 3: write shards (runs in Ray workers) ------------------------------------------
-
-def write_shard(name: str, samples: list[tuple[str, bytes, bytes]], root_uri: str, member: str,
-                fault: str | None = None) -> dict:
-    """Ray task: write one shard atomically, return its record."""
-    data = encode_shard(samples, member)
-    store = Store(root_uri)
-    if fault == "mid_shard_write":
-        partial = f"{name}.tmp-injected-{os.getpid()}"
-        store.fs.create_dir(store.path("shards"), recursive=True)
-        with store.fs.open_output_stream(store.path(partial)) as stream:
-            stream.write(data[: len(data) // 2])
-        raise RuntimeError(f"injected fault ({FAULT_ENV}=mid_shard_write) while writing {name}")
-    store.write_bytes(name, data)
-    return {"name": name, "sha256": sha256_bytes(data), "bytes": len(data), "count": len(samples)}
 
 
 def known_shard_records(store: Store, dataset: str) -> dict[str, dict]:
@@ -166,6 +114,19 @@ def known_shard_records(store: Store, dataset: str) -> dict[str, dict]:
         for shard in store.read_json(manifest_path(dataset, version))["shards"]:
             records[shard["name"]] = shard
     return records
+
+
+def _listing_rows(items: list[SourceItem], loaded: LoadedChips) -> list[dict[str, Any]]:
+    """One row per listed input: its item, raw hash and rejection (from the listing or pass 1)."""
+    rows = []
+    for item in items:
+        row = {"key": item.key, "label": item.label or "", "superclass": item.superclass or "", "item": item,
+               "raw_sha256": "", "reject_reason": item.reject_reason or "", "reject_detail": item.reject_detail or ""}
+        if not row["reject_reason"]:
+            result = loaded.results[item.key]
+            row.update(raw_sha256=result.raw_sha256, reject_reason=result.reject_reason, reject_detail=result.reject_detail)
+        rows.append(row)
+    return rows
 
 
 # --- the whole stage ---------------------------------------------------------------------
@@ -179,9 +140,12 @@ def ingest(
     drop_duplicates: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> IngestResult:
-    import ray
-
     started = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        timings[step] = round(time.time() - started - sum(timings.values()), 3)
+
     dataset = source.dataset_name()
     size = image.size if image.size is not None else source.natural_size
     image = ImageSpec(size=size, channels=image.channels)
@@ -195,17 +159,14 @@ def ingest(
         seen_keys.add(item.key)
     if not items:
         raise ValueError(f"source {source.name!r} listed no inputs; check its data.* settings")
-    log(f"{len(items)} inputs listed; loading, validating and normalising with Ray Data")
+    lap("list")
+    to_load = [item for item in items if item.reject_reason is None]
+    log(f"{len(items)} inputs listed; loading, validating and normalising {len(to_load)} with Ray Data")
 
     source_json = json.dumps(source.config.model_dump(mode="json"), sort_keys=True)
-    # Blocks of ~500 inputs: enough tasks to keep every CPU busy, few enough that Ray's
-    # per-task overhead stays small next to the decoding (from_items defaults to 200 blocks).
-    blocks = max(1, min(len(items) // 500, 4096), int(ray.cluster_resources().get("CPU", 1)))
-    processed = ray.data.from_items([item.to_row() for item in items], override_num_blocks=blocks).map_batches(
-        load_and_normalise, batch_size=None, batch_format="numpy",
-        fn_kwargs={"source_json": source_json, "size": image.size, "channels": image.channels},
-    ).materialize()
-    rows = processed.drop_columns(["png"]).take_all()
+    loaded = load_chips(to_load, source_json, image.size, image.channels) if to_load else LoadedChips(blocks=[])
+    rows = _listing_rows(items, loaded)
+    lap("load")
 
     # Decide what is accepted, how it is split, and which shards hold it.
     rejections = {r["key"]: (r["reject_reason"], r["reject_detail"]) for r in rows if r["reject_reason"]}
@@ -220,27 +181,33 @@ def ingest(
     parent, previous = previous_class_split(store, dataset, split_spec)
     labels = {r["key"]: r["label"] for r in accepted}
     class_split = split_classes(sorted(set(labels.values())), split_spec, previous)
-    assignment = assign_splits(group_keys_by_class(labels), class_split, split_spec)
-    metas = {r["key"]: sample_metadata_bytes(sample_metadata(r, *assignment[r["key"]])) for r in accepted}
-    sample_ids = {key: sha256_json([sha256_bytes(meta), image.size, image.channels]) for key, meta in metas.items()}
+    source_splits = {r["key"]: r["item"].metadata.get(C.SOURCE_SPLIT) for r in accepted}
+    assignment = assign_splits(group_keys_by_class(labels), class_split, split_spec, source_splits)
+    check_protocol_splits(assignment, split_spec)
+    metas = {r["key"]: sample_metadata_bytes(sample_metadata(r["item"], r["raw_sha256"], *assignment[r["key"]]))
+             for r in accepted}
+    ids = sample_ids(metas, image.size, image.channels)
     keys_by_split: dict[str, list[str]] = defaultdict(list)
     for key, (split, _) in assignment.items():
         keys_by_split[split].append(key)
-    plans = plan_shards(keys_by_split, sample_ids, samples_per_shard)
+    plans = plan_shards(keys_by_split, ids, samples_per_shard)
 
     rejection_list = sorted(
         ({"key": r["key"], "label": r["label"] or None, "reason": rejections[r["key"]][0], "detail": rejections[r["key"]][1],
-          C.SOURCE: json.loads(r["metadata"]).get(C.SOURCE)} for r in rows if r["key"] in rejections),
+          C.SOURCE: r["item"].metadata.get(C.SOURCE)} for r in rows if r["key"] in rejections),
         key=lambda r: (r["key"], r["reason"]),
     )
     identity = {
         "schema_version": C.MANIFEST_SCHEMA_VERSION, "dataset": dataset,
         "image": {"size": image.size, "channels": image.channels, "format": decode.chip_member(image.channels)},
         "split": {**split_spec.__dict__, "seen_classes": class_split.seen, "unseen_classes": class_split.unseen},
+        # Read through components.data.versions.protocol / retrieval_split (older manifests lack them).
+        "protocol": split_spec.protocol, "retrieval_split": split_spec.retrieval_split,
         "shards": [p.name for p in plans], "rejections": rejection_list,
     }
     version = sha256_json(identity)[:16]
-    result = IngestResult(dataset, version, store.uri_of(manifest_path(dataset, version)), False, {})
+    lap("decide")
+    result = IngestResult(dataset, version, store.uri_of(manifest_path(dataset, version)), False, {}, timings=timings)
     if store.exists(manifest_path(dataset, version)):
         log(f"version {version} is already published: nothing to write")
         result.manifest = store.read_json(manifest_path(dataset, version))
@@ -251,7 +218,13 @@ def ingest(
     missing = [p for p in plans if not store.exists(p.name)]
     result.shards_written, result.shards_reused = len(missing), len(plans) - len(missing)
     log(f"writing {len(missing)} shard(s), reusing {len(plans) - len(missing)}")
-    written = _write_shards(processed, missing, metas, store.uri, decode.chip_member(image.channels)) if missing else {}
+    # Read on the driver and passed along: Ray workers may not share the driver's environment.
+    fault = os.environ.get(FAULT_ENV)
+    member = decode.chip_member(image.channels)
+    written = write_shards(loaded, {p.name: [(k, metas[k]) for k in p.keys] for p in missing}, store.uri, member,
+                           fault) if missing else {}
+    del loaded   # the chips leave the object store
+    lap("write")
     known = known_shard_records(store, dataset)
     shard_records = [_shard_record(p, written, known, store) for p in plans]
 
@@ -272,37 +245,11 @@ def ingest(
     }
     store.write_json(manifest_path(dataset, version), manifest)  # the version exists from here on
     store.write_json(latest_path(dataset), {"version": version})
+    lap("publish")
+    log("seconds per step: " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     result.created, result.manifest = True, manifest
     result.seconds = time.time() - started
     return result
-
-
-def _write_shards(processed, plans: list[ShardPlan], metas: dict[str, bytes], root_uri: str, member: str) -> dict[str, dict]:
-    """Stream the normalised chips once and hand each shard to a Ray task as soon as it is full.
-
-    Only the chips of shards still being filled are held on the driver, and no shuffle is
-    needed (a Ray Data groupby by shard cost more than the whole decode step on small sets).
-    """
-    import ray
-
-    # Read on the driver and passed along: Ray workers may not share the driver's environment.
-    fault = os.environ.get(FAULT_ENV)
-    write = ray.remote(max_retries=0)(write_shard)
-    shard_of = {key: plan.name for plan in plans for key in plan.keys}
-    expected = {plan.name: len(plan.keys) for plan in plans}
-    filling: dict[str, list] = defaultdict(list)
-    pending = []
-    for batch in processed.iter_batches(batch_format="numpy", batch_size=1024):
-        for key, png in zip(batch["key"], batch["png"]):
-            name = shard_of.get(str(key))
-            if name is None:
-                continue
-            filling[name].append((str(key), bytes(png), metas[str(key)]))
-            if len(filling[name]) == expected[name]:
-                pending.append(write.remote(name, filling.pop(name), root_uri, member, fault))
-    if filling:
-        raise RuntimeError(f"shards left incomplete after reading every sample: {sorted(filling)[:5]}")
-    return {record.pop("name"): record for record in ray.get(pending)}
 
 
 def _shard_record(plan: ShardPlan, written: dict, known: dict, store: Store) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
 from components import constants as C
-from components.data.decode import decode_image, normalise
+from components.data.decode import chip_from_bytes, decode_image, encode_chip, normalise
 from components.data.records import Rejection, safe_key
 from tests.data.images import jpeg_bytes, png_bytes
 
@@ -55,3 +57,45 @@ def test_safe_keys_are_webdataset_safe_and_unique():
     assert len(set(keys)) == len(keys)
     assert all("." not in k and " " not in k for k in keys)
     assert safe_key("plain/key") == "plain/key"
+
+
+def _png_with_ancillary_chunks(seed: int, size: int) -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "made by a test")
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L").save(
+        buffer, format="PNG", pnginfo=info, transparency=0, dpi=(72, 72), icc_profile=b"\0" * 128)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [None, 16, 20, 33])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_chip_from_bytes_equals_the_array_path(size, channels):
+    """The fast path (PIL straight through) gives the same bytes as decode → normalise → encode."""
+    from PIL import Image
+
+    palette = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (20, 20), dtype=np.uint8)).convert("P").save(palette, "PNG")
+    inputs = [png_bytes(1, 20, "L"), png_bytes(2, 20, "RGB"), jpeg_bytes(3, 20), _png_with_ancillary_chunks(4, 20),
+              palette.getvalue()]
+    for data in inputs:
+        try:
+            expected = encode_chip(normalise(decode_image(data), size, channels))
+        except Rejection as rejection:   # e.g. fewer bands than asked for
+            with pytest.raises(Rejection) as info:
+                chip_from_bytes(data, size, channels)
+            assert info.value.reason == rejection.reason
+            continue
+        assert chip_from_bytes(data, size, channels) == expected
+
+
+def test_chip_from_bytes_rejects_like_decode():
+    good = png_bytes(1, 32)
+    for data, reason in ((b"", C.REJECT_EMPTY), (b"not an image", C.REJECT_UNKNOWN_FORMAT),
+                         (good[: len(good) // 2], C.REJECT_TRUNCATED), (png_bytes(2, 3), C.REJECT_TOO_SMALL)):
+        with pytest.raises(Rejection) as info:
+            chip_from_bytes(data, 16, 1)
+        assert info.value.reason == reason

@@ -16,7 +16,7 @@ from components.data.reader import iter_samples, load_split
 from components.data.sources.fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, FashionMnistConfig, FashionMnistSource, load_subset
 from components.data.sources.folder import FolderConfig, FolderSource
 from components.data.splits import SplitSpec
-from components.data.versions import list_versions, open_version
+from components.data.versions import list_versions, open_version, retrieval_split
 from components.storage import Store
 from tests.data.images import png_bytes, write_folder_dataset
 
@@ -192,3 +192,62 @@ def test_torch_iterable_dataset_splits_across_loader_workers(tmp_path_factory):
     labels = [int(label) for _, label in loader]
     assert len(labels) == version.num_samples(C.SPLIT_TRAIN)
     assert sorted(labels) == sorted(load_split(version, C.SPLIT_TRAIN).labels.tolist())
+
+
+# --- protocol images ----------------------------------------------------------------------
+
+def _splits_by_key(version) -> dict[str, str]:
+    return {s.key: s.meta[C.SPLIT] for split in C.SPLITS for s in iter_samples(version, split, decode=False)}
+
+
+def test_protocol_images_holds_out_images_of_every_class_stably(tmp_path):
+    chips, store = tmp_path / "chips", tmp_path / "store"
+    write_folder_dataset(chips, {f"c{i}": 12 for i in range(4)})
+    first = run_folder(chips, store, protocol="images", test_fraction=0.3, seed=1)
+    manifest = first.manifest
+    assert manifest["protocol"] == C.PROTOCOL_IMAGES and retrieval_split(manifest) == C.SPLIT_TEST
+    assert manifest["split"]["seen_classes"] == [f"c{i}" for i in range(4)] and manifest["split"]["unseen_classes"] == []
+    version = open_version(first.manifest_uri)
+    assert version.retrieval_split == C.SPLIT_TEST and version.classes(C.SPLIT_TEST) == version.classes(C.SPLIT_TRAIN)
+    first_splits = _splits_by_key(version)
+    assert set(first_splits.values()) <= {C.SPLIT_TRAIN, C.SPLIT_VAL, C.SPLIT_TEST}
+    test_keys = {k for k, s in first_splits.items() if s == C.SPLIT_TEST}
+    assert 0 < len(test_keys) < len(first_splits) and version.num_samples(C.SPLIT_TEST) == len(test_keys)
+    assert sum(manifest["counts"][C.SPLIT_TEST].values()) == manifest["summary"]["samples_by_split"][C.SPLIT_TEST] == len(test_keys)
+    # Test chips decode with label indices of the trained classes.
+    arrays = load_split(version, C.SPLIT_TEST)
+    assert [arrays.classes[i] for i in arrays.labels] == [m[C.LABEL] for m in arrays.metas]
+
+    # New images of an old class and a new class: no existing image moves.
+    write_folder_dataset(chips, {"c1": 16}, seed_offset=100_000)        # the same 12 images of c1, 4 new ones
+    write_folder_dataset(chips, {"n0": 10}, seed_offset=5_000_000)
+    second = run_folder(chips, store, protocol="images", test_fraction=0.3, seed=1)
+    assert second.created and second.manifest["parent"] == first.version
+    second_splits = _splits_by_key(open_version(second.manifest_uri))
+    assert {k: second_splits[k] for k in first_splits} == first_splits
+    assert "n0" in second.manifest["split"]["seen_classes"]
+
+
+def test_protocol_is_part_of_the_version_id(tmp_path):
+    write_folder_dataset(tmp_path / "chips", {f"c{i}": 8 for i in range(5)})
+    classes = run_folder(tmp_path / "chips", tmp_path / "store")
+    images = run_folder(tmp_path / "chips", tmp_path / "store", protocol="images")
+    assert classes.version != images.version and images.created
+    assert classes.manifest["protocol"] == C.PROTOCOL_CLASSES and retrieval_split(classes.manifest) == C.SPLIT_UNSEEN
+    assert run_folder(tmp_path / "chips", tmp_path / "store", protocol="images").version == images.version
+
+
+@pytest.mark.skipif(not Path(DEBIAN_ROOT, "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_protocol_images_on_fashion_mnist_retrieves_within_the_official_test_file(tmp_path):
+    source = FashionMnistSource(FashionMnistConfig(limit=300))
+    result = ingest(source, Store(str(tmp_path)), ImageSpec(size=None, channels=1),
+                    SplitSpec(protocol="images", val_fraction=0.2, seed=0), 1000)
+    rejected = {r["key"] for r in result.manifest["rejections"]}
+    splits = _splits_by_key(open_version(result.manifest_uri))
+    assert {k for k, s in splits.items() if s == C.SPLIT_TEST} == {f"test/{i:05d}" for i in range(300)} - rejected
+    assert {k for k, s in splits.items() if s == C.SPLIT_VAL} and all(
+        k.startswith("train/") for k, s in splits.items() if s == C.SPLIT_VAL)
+    assert result.manifest["split"]["seen_classes"] == sorted(CLASS_NAMES)
+    sample = next(iter_samples(open_version(result.manifest_uri), C.SPLIT_TEST))
+    assert sample.meta["metadata"][C.SOURCE_SPLIT] == C.SPLIT_TEST

@@ -1,11 +1,16 @@
-"""Shard planning: content-defined boundaries, deterministic names and bytes."""
+"""Shard planning: content-defined boundaries, deterministic names and bytes (webdataset's own)."""
 
 from __future__ import annotations
 
 import io
+import json
+import random
 import tarfile
 
-from components.data.shards import chunk_keys, encode_shard, plan_shards
+import pytest
+
+from components.data.shards import chunk_keys, encode_shard, plan_shards, sample_ids, sample_metadata_bytes
+from components.storage import sha256_bytes, sha256_json
 
 
 def test_chunks_cover_keys_in_order_with_bounded_sizes():
@@ -41,3 +46,52 @@ def test_encoded_shard_is_deterministic_and_sorted():
     assert data == encode_shard(list(reversed(samples)))
     names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
     assert names == ["a/1.json", "a/1.png", "b/2.json", "b/2.png"]
+
+
+def _webdataset_tar(samples, member):
+    """The reference: webdataset's own writer, as chipmatch used it before writing headers itself."""
+    import webdataset as wds
+
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer, mtime=0, encoder=False) as writer:
+        for key, image, meta in sorted(samples, key=lambda sample: sample[0]):
+            writer.write({"__key__": key, member: image, "json": meta})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("member", ["png", "npy"])
+def test_encoded_shard_equals_webdatasets_tar_writer(member):
+    rng = random.Random(0)
+    for trial in range(30):
+        samples = []
+        for i in range(rng.randint(0, 25)):
+            # Short and long keys (ustar holds 100 bytes; longer ones need a pax header), non-ASCII ones.
+            key = "".join(rng.choice("abz/_-09") for _ in range(rng.choice([1, 40, 94, 95, 96, 140]))) + f"{i}"
+            key += "é" if rng.random() < 0.1 else ""
+            data = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 511, 512, 513, 3000])))
+            samples.append((key, data, b'{"label":"a"}'))
+        assert encode_shard(samples, member) == _webdataset_tar(samples, member)
+
+
+def test_encoded_shard_reads_back_with_webdataset():
+    import webdataset as wds
+
+    samples = [(f"cls/{i:03d}", bytes([i]) * (i * 37), json.dumps({"i": i}).encode()) for i in range(20)]
+    stream = io.BytesIO(encode_shard(samples))
+    read = list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": "x"}])))
+    assert [(s["__key__"], s["png"], s["json"]) for s in read] == samples
+
+
+def test_sample_ids_equal_the_canonical_json_hash():
+    metas = {f"k{i}": json.dumps({"i": i}).encode() for i in range(10)}
+    for size, channels in ((32, 1), (None, 3), (101, 4)):
+        expected = {k: sha256_json([sha256_bytes(m), size, channels]) for k, m in metas.items()}
+        assert sample_ids(metas, size, channels) == expected
+
+
+def test_sample_metadata_bytes_are_canonical_and_keep_non_json_values_as_text():
+    import numpy as np
+
+    meta = {"b": 1, "a": {"y": "é", "x": [1.5, None]}, "f32": np.float32(0.5)}
+    assert sample_metadata_bytes(meta) == json.dumps(
+        {**meta, "f32": "0.5"}, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
