@@ -26,9 +26,10 @@ scalar and reports ``diagnostics()`` about the last forward (see ``base``): shor
 such as ``active_triplet_fraction``, ``mined_pairs``, ``proxy_norm_mean``, ``batch_accuracy``.
 
 What this package owns: the losses' maths, their parameter checks, what each declares about
-itself, and their diagnostics. It may import torch, numpy, scikit-learn (lazily),
-pytorch-metric-learning and ``components.miners``; never ``components.training``,
-``components.evaluation`` or ``pipelines`` (they import it). No config files are read here.
+itself, and their diagnostics (and, in ``config.py``, the schema of the config's ``loss``
+section). It may import torch, numpy, scikit-learn (lazily), pytorch-metric-learning, pydantic
+(the schema) and ``components.miners``; never ``components.training``,
+``components.evaluation`` or ``pipelines`` (they import it). No config file is read here.
 
 Adding a loss touches three places outside the tests: its module here (a ``MetricLoss``
 subclass: class attributes for what it needs, ``compute_loss`` for the maths, ``record`` /
