@@ -1,5 +1,10 @@
 """Build a dataset version: list → load/decode/normalise (Ray Data) → split → shard → manifest.
 
+The parallel work happens in two passes over Ray (`components.data.chips`): one Ray Data
+stage makes every chip, shard tasks write the tars from them; between the two the driver
+decides what is accepted, the split (`components.data.splits`, protocol classes or images)
+and the shard plan, which need every input's hash.
+
 The stage is content-addressed and resumable:
 
 - the version id hashes the source, image spec, split and every sample's content, so a
@@ -18,9 +23,10 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from components import constants as C
 from components.data import decode
@@ -28,8 +34,7 @@ from components.data.chips import FAULT_ENV, LoadedChips, load_chips, write_shar
 from components.data.records import SourceItem
 from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_metadata_bytes
 from components.data.sources import Source
-from components.data.splits import (ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class,
-                                    split_classes)
+from components.data.splits import ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class, split_classes
 from components.data.versions import latest_path, latest_version, list_versions, manifest_path
 from components.storage import Store, sha256_json
 
@@ -230,7 +235,7 @@ def ingest(
 
     manifest = {
         **identity, "version": version, "parent": parent,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": json.loads(source_json),
         "superclasses": dict(sorted({r["label"]: r["superclass"] for r in accepted if r["superclass"]}.items())),
         "shards": shard_records,

@@ -96,10 +96,10 @@ _METADATA_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensu
 # (~3 µs). Names that ustar cannot hold (non-ASCII, over 100 bytes) still go through tarfile.
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 _OWNER, _MODE = "bigdata", 0o444
-_HEAD = (tarfile.itn(_MODE, 8) + tarfile.itn(0, 8) + tarfile.itn(0, 8))           # mode, uid, gid
-_MIDDLE = (tarfile.itn(TAR_MTIME, 12),                                             # mtime
+_HEAD = b"%07o\0" % _MODE + b"%07o\0" % 0 + b"%07o\0" % 0                          # mode, uid, gid (octal)
+_MIDDLE = (b"%011o\0" % TAR_MTIME,                                                 # mtime
            tarfile.REGTYPE + b"\0" * 100 + tarfile.POSIX_MAGIC                     # type, linkname, magic
-           + tarfile.stn(_OWNER, 32, "ascii", "strict") * 2 + b"\0" * (8 + 8 + 155 + 12))
+           + _OWNER.encode("ascii").ljust(32, b"\0") * 2 + b"\0" * (8 + 8 + 155 + 12))  # uname, gname, dev, prefix
 _FIXED_SUM = sum(_HEAD) + sum(_MIDDLE[0]) + sum(_MIDDLE[1]) + 8 * ord(" ")          # checksum field counts as spaces
 
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -55,7 +56,7 @@ class SplitSpec:
     val_fraction: float = 0.15          # share of training-side images held out for validation
     query_fraction: float | None = None  # retrieval images that only query (the rest only gallery)
     seed: int = 0
-    protocol: Protocol = C.PROTOCOL_CLASSES
+    protocol: Protocol = "classes"      # C.PROTOCOL_CLASSES (spelled out: the Literal's default)
     test_fraction: float = 0.2          # protocol images: held-out share where the source has no split
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class SplitConfig(BaseModel):
     val_fraction: float = 0.15
     query_fraction: float | None = None
     seed: int = 0
-    protocol: Protocol = C.PROTOCOL_CLASSES
+    protocol: Protocol = "classes"
     test_fraction: float = 0.2
 
     @model_validator(mode="after")

@@ -213,7 +213,8 @@ def test_protocol_images_holds_out_images_of_every_class_stably(tmp_path):
     assert set(first_splits.values()) <= {C.SPLIT_TRAIN, C.SPLIT_VAL, C.SPLIT_TEST}
     test_keys = {k for k, s in first_splits.items() if s == C.SPLIT_TEST}
     assert 0 < len(test_keys) < len(first_splits) and version.num_samples(C.SPLIT_TEST) == len(test_keys)
-    assert sum(manifest["counts"][C.SPLIT_TEST].values()) == manifest["summary"]["samples_by_split"][C.SPLIT_TEST] == len(test_keys)
+    test_counts = manifest["counts"][C.SPLIT_TEST]
+    assert sum(test_counts.values()) == manifest["summary"]["samples_by_split"][C.SPLIT_TEST] == len(test_keys)
     # Test chips decode with label indices of the trained classes.
     arrays = load_split(version, C.SPLIT_TEST)
     assert [arrays.classes[i] for i in arrays.labels] == [m[C.LABEL] for m in arrays.metas]

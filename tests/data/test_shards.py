@@ -62,7 +62,7 @@ def _webdataset_tar(samples, member):
 @pytest.mark.parametrize("member", ["png", "npy"])
 def test_encoded_shard_equals_webdatasets_tar_writer(member):
     rng = random.Random(0)
-    for trial in range(30):
+    for _ in range(30):
         samples = []
         for i in range(rng.randint(0, 25)):
             # Short and long keys (ustar holds 100 bytes; longer ones need a pax header), non-ASCII ones.

@@ -110,7 +110,7 @@ def test_images_protocol_uses_the_sources_own_split():
     assert {role for k, (_, role) in assignment.items() if k in test} == {C.ROLE_BOTH}
     assert not {s for s, _ in assignment.values()} & {C.SPLIT_UNSEEN}
     # Per class: training images remain for every class (val never takes them all).
-    for name, class_keys in keys.items():
+    for class_keys in keys.values():
         assert any(assignment[k][0] == C.SPLIT_TRAIN for k in class_keys)
 
 

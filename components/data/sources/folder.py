@@ -60,7 +60,8 @@ class FolderSource(Source):
         # Plain strings, not pathlib, per file: listing a million chips is driver time that no
         # worker can share (pathlib cost ~25 µs a file, a third of decoding a 32×32 chip).
         root_text = str(root)
-        for dirpath, dirnames, filenames in os.walk(root_text, followlinks=self.config.follow_symlinks, onerror=record_unreadable_dir):
+        walk = os.walk(root_text, followlinks=self.config.follow_symlinks, onerror=record_unreadable_dir)
+        for dirpath, dirnames, filenames in walk:
             dirnames.sort()
             folder = Path(dirpath).relative_to(root).as_posix()
             prefix = "" if folder == "." else f"{folder}/"
