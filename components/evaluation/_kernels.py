@@ -3,7 +3,8 @@
 The ranking algorithm is written once against this small set of operations. On CPU the numpy
 set is used: its ufuncs, bincount, take and nonzero are several times faster than torch's CPU
 kernels for these shapes; it reuses its large work buffers between blocks (no page faults,
-cache-warm memory), and runs blocks on a few threads (numpy releases the GIL in these loops).
+cache-warm memory), and runs query chunks on a few threads (numpy releases the GIL in these
+loops).
 The torch set runs the same steps on CUDA; tests also run it on CPU against the same
 references.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
 Result = TypeVar("Result")
+Item = TypeVar("Item")
 
 # CPU: scores per matrix product (a few hundred rows: near-peak BLAS speed, still cache-sized
 # for L3) and per block of element-wise passes (~25 bytes per score: stays in L2/L3).
@@ -74,14 +76,24 @@ class NumpyKernels:
             buffers[name] = buffer
         return buffer[:size].reshape(shape)
 
+    @staticmethod
+    def chunk_rows(row_length: int) -> int:
+        """Most query rows per chunk: one chunk is one matrix product of ~CPU_PART_ELEMENTS."""
+        return max(1, CPU_PART_ELEMENTS // max(row_length, 1))
+
+    def map_chunks(self, function: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
+        """function(item) for every chunk, results in order; on the worker threads when used as
+        a context manager. A worker does all of a chunk's work (ranking and its per-query
+        sums), so the threads never wait for each other or for the caller between chunks."""
+        if self._pool is None:
+            return map(function, items)
+        return self._pool.map(function, items)
+
     def map_parts(self, function: Callable[[int, int], Result], num_rows: int, row_length: int) -> list[Result]:
-        """function(begin, end) over row ranges of about CPU_PART_ELEMENTS scores, results in
-        order; on the worker threads when used as a context manager."""
+        """function(begin, end) over row ranges of about CPU_PART_ELEMENTS scores, in order, in
+        the calling thread (chunks, not parts, are what runs in parallel)."""
         step = max(1, CPU_PART_ELEMENTS // max(row_length, 1))
-        bounds = [(begin, min(begin + step, num_rows)) for begin in range(0, num_rows, step)]
-        if self._pool is None or len(bounds) == 1:
-            return [function(begin, end) for begin, end in bounds]
-        return list(self._pool.map(lambda bound: function(*bound), bounds))
+        return [function(begin, min(begin + step, num_rows)) for begin in range(0, num_rows, step)]
 
     @staticmethod
     def array(tensor: torch.Tensor) -> np.ndarray:
@@ -211,6 +223,14 @@ class TorchKernels:
     @staticmethod
     def block_rows(num_rows: int, row_length: int) -> int:
         return num_rows  # a GPU wants the whole chunk at once
+
+    @staticmethod
+    def chunk_rows(row_length: int) -> int | None:
+        return None  # a GPU takes chunks as large as the caller's memory bound allows
+
+    @staticmethod
+    def map_chunks(function: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
+        return map(function, items)  # one stream of work: chunks run one after the other
 
     @staticmethod
     def map_parts(function: Callable[[int, int], Result], num_rows: int, row_length: int) -> list[Result]:

@@ -56,7 +56,8 @@ Memory
 ------
 Queries are processed in chunks against the whole gallery; nothing larger than
 chunk_size x gallery_size is ever held (see `components.evaluation.ranking` for how ranks are
-found without sorting each row).
+found without sorting each row). On CPU each worker thread takes whole chunks (ranking and
+per-query sums), so the threads never wait for each other between chunks.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def evaluate_retrieval(
     """Exact retrieval metrics with per-query details; see the module docstring.
 
     embeddings: (N, D) numpy array or torch tensor. labels: (N,) ints, strings or a tensor.
-    chunk_size: queries per chunk (None: about 16M scores per chunk, ~120 MB of memory on CPU).
+    chunk_size: most queries per chunk (None: about 16M scores per chunk; on CPU chunks are
+    further cut to one ~8M-score product each, at least one chunk per thread, ~40 MB per thread).
     device: None (the input tensor's device; CPU for numpy), 'auto' (CUDA if available), or a
     torch device. normalize: L2-normalise the features before scoring.
     backend: 'auto' (numpy kernels on CPU, torch on GPU), 'numpy' (CPU only) or 'torch'.
@@ -302,7 +304,13 @@ def evaluate_retrieval(
     column_of_item[gallery_index] = np.arange(gallery_index.shape[0])
 
     num_bins = _num_bins(layout.size)
+    # Queries without a relevant item have no AP: they are skipped, not ranked.
+    active = np.flatnonzero(num_relevant > 0)
     rows_per_chunk = _rows_per_chunk(chunk_size, layout.size, num_bins)
+    cpu_rows = kernels.chunk_rows(layout.size)
+    if cpu_rows is not None:  # CPU: one product per chunk, and at least one chunk per thread
+        threads = getattr(kernels, "threads", 1)
+        rows_per_chunk = max(1, min(rows_per_chunk, cpu_rows, -(-active.shape[0] // threads)))
     num_queries = query_index.shape[0]
     ap_sum = np.zeros(num_queries)
     map_at_r_sum = np.zeros(num_queries)
@@ -314,28 +322,32 @@ def evaluate_retrieval(
     pr_sum = np.zeros(pr_points) if return_pr_curve else None
     harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, layout.size + 1))]  # H[n] = sum_{i<=n} 1/i
 
-    # Queries without a relevant item have no AP: they are skipped, not ranked.
-    active = np.flatnonzero(num_relevant > 0)
-    with _full_float32_matmul(), torch.no_grad(), kernels:
-        for begin in range(0, active.shape[0], rows_per_chunk):
-            chunk = active[begin:begin + rows_per_chunk]  # positions in query_index
-            items = query_index[chunk]
+    def rank_chunk(chunk: np.ndarray):
+        """Everything one chunk contributes (runs on a kernel worker thread on CPU)."""
+        items = query_index[chunk]
+        with torch.no_grad():  # grad mode is per thread
             found = rank_relevant_items(
                 kernels.array(features[torch.from_numpy(items).to(target)]),
                 kernels.array(torch.from_numpy(codes[items]).to(target)),
                 kernels.array(torch.from_numpy(column_of_item[items]).to(target)),
                 layout, num_bins, kernels,
             )
-            sums = _query_sums(found, harmonic)
+        pr = None
+        if return_pr_curve:
+            precision_at_end = found.hit_last / found.rank_last.astype(np.float64)
+            pr = _interpolated_precision(found.row, precision_at_end, found.num_relevant, pr_points).sum(axis=0)
+        return chunk, _query_sums(found, harmonic), pr
+
+    chunks = [active[begin:begin + rows_per_chunk] for begin in range(0, active.shape[0], rows_per_chunk)]
+    with _full_float32_matmul(), torch.no_grad(), kernels:
+        for chunk, sums, pr in kernels.map_chunks(rank_chunk, chunks):  # chunk positions are distinct
             ap_sum[chunk] = sums.average_precision_sum
             map_at_r_sum[chunk] = sums.map_at_r_sum
             r_precision_hits[chunk] = sums.r_precision_hits
             first_ahead[chunk], first_group[chunk], first_hits[chunk] = (
                 sums.first_ahead, sums.first_group, sums.first_hits)
             if pr_sum is not None:
-                precision_at_end = found.hit_last / found.rank_last.astype(np.float64)
-                pr_sum += _interpolated_precision(found.row, precision_at_end, found.num_relevant,
-                                                  pr_points).sum(axis=0)
+                pr_sum += pr
 
     valid = num_relevant > 0
     denominator = np.where(valid, num_relevant, 1).astype(np.float64)
