@@ -47,6 +47,13 @@ def role_masks(roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return query, gallery
 
 
+def retrieval_split(manifest: dict[str, Any]) -> str:
+    protocol = (manifest.get("split") or {}).get("protocol", C.PROTOCOL_CLASSES)
+    if protocol not in C.RETRIEVAL_SPLITS:
+        raise ValueError(f"manifest split.protocol {protocol!r} is unknown; valid choices: {list(C.RETRIEVAL_SPLITS)}")
+    return C.RETRIEVAL_SPLITS[protocol]
+
+
 def _device(use_gpu: bool, device) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -54,12 +61,16 @@ def _device(use_gpu: bool, device) -> torch.device:
 
 
 def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penultimate"), ks=C.DEFAULT_RECALL_KS,
-                   batch_size: int = 256, num_actors: int = 1, use_gpu: bool = False, device=None) -> ModelEvaluation:
+                   batch_size: int = 256, num_actors: int = 1, use_gpu: bool = False, device=None,
+                   split: str | None = None) -> ModelEvaluation:
+    """Retrieval on `split` (default: the retrieval split of the version's protocol: unseen
+    classes, or the held-out test images of the images protocol)."""
     version = open_version(manifest_uri)
+    split = split or retrieval_split(version.manifest)
     bundle = load_bundle(model_uri)
     model = model_from_bundle(bundle).to(_device(use_gpu, device))
     readers = max(0, int(num_actors) - 1)
-    unseen = embed_split(model, version, C.SPLIT_UNSEEN, tuple(taps), batch_size, loader_workers=readers)
+    unseen = embed_split(model, version, split, tuple(taps), batch_size, loader_workers=readers)
     query, gallery = role_masks(unseen.roles)
     metrics, curves, per_class = {}, {}, {}
     for tap in taps:
