@@ -33,7 +33,8 @@ FILE_WIDTH = 200
 def make_console(stderr: bool = True) -> Console:
     """The console stages print to: the terminal's width on a terminal, FILE_WIDTH otherwise."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else FILE_WIDTH)
+    # log_path=False: no "file.py:123" column at the right edge of every progress line.
+    return Console(stderr=stderr, width=None if stream.isatty() else FILE_WIDTH, log_path=False)
 
 
 def tracking_uri(config: Config) -> str:

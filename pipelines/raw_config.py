@@ -54,7 +54,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     keys = [k for k in dotted.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {override!r} has an empty key")
-    value = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem}); quote the whole "
+                          "override for the shell, e.g. 'runs=[{name: ce, loss: cross_entropy}]'") from None
     apply_value(raw, keys, value, f"override {override!r}")
 
 

@@ -10,8 +10,9 @@ upgraded, this is the one module to re-check.
 - A stopped trial's worker placement group outlives its dead controller when Ray Train's
   detached cleaner cannot find the cluster (`reap_orphaned_worker_groups`).
 - The driver prints every worker's stdout/stderr (Train's per-report INFO dict dumps, core
-  worker C++ warnings such as the PreemptionWatcher error) through a private dispatcher, and
-  Ray Data logs its progress through its own console handler (`send_ray_output_to`).
+  worker C++ warnings such as the PreemptionWatcher error) through a private dispatcher
+  (`send_worker_output_to`), and Ray Data logs its progress through a console handler that
+  it installs on import (`configure_ray_data_logging`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ REAP_WINDOW_S, REAP_INTERVAL_S = 30.0, 2.0   # look for a stopped trial's worker
 
 _RAY_PRINT_HANDLER = "ray_print_logs"         # the dispatcher handler ray.init adds with log_to_driver=True
 _FILE_HANDLER = "chipmatch_log_file"
-_DRIVER_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
 
 
 # --- where Ray's own output goes ---------------------------------------------------------------
 
-def send_ray_output_to(path: str) -> None:
-    """Write what Ray would print on the driver's terminal to the file `path` instead: the
-    workers' forwarded stdout/stderr and the driver-side Ray loggers (Ray Data's progress
-    log included). Call after `ray.init`; calling it again switches to another file."""
-    import ray.data  # noqa: F401 - configures Ray Data's loggers, whose console handler is swapped below
+def send_worker_output_to(path: str) -> None:
+    """Write the workers' stdout/stderr, which the driver would print, to the file `path`.
+
+    Ray forwards every worker's output to the driver through a private dispatcher whose
+    printing handler `ray.init` registers; it is replaced by one that appends to the file.
+    Call after `ray.init`; calling it again switches to another file."""
     from ray._private import worker as ray_worker
 
     handle: IO[str] = open(path, "a", buffering=1, encoding="utf-8")
@@ -53,15 +54,11 @@ def send_ray_output_to(path: str) -> None:
     dispatcher.remove_handler(_FILE_HANDLER)
     dispatcher.add_handler(_FILE_HANDLER, write)
 
-    to_file = logging.StreamHandler(handle)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in _DRIVER_LOGGERS:
-        driver_logger = logging.getLogger(name)
-        for handler in list(driver_logger.handlers):
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                driver_logger.removeHandler(handler)   # console handlers (ours from an earlier call too)
-        if name == "ray" or not driver_logger.propagate:
-            driver_logger.addHandler(to_file)
+
+def configure_ray_data_logging() -> None:
+    """Ray Data installs its console log handler when `ray.data` is first imported: import it
+    now, so that handler exists before the driver's loggers are sent to a file."""
+    import ray.data  # noqa: F401
 
 
 # --- Tune: schedulers and cleanup of stopped trials ---------------------------------------------

@@ -24,6 +24,7 @@ __all__ = ["run_train", "summary_table", "result_json", "tracking_uri"]   # trac
 def run_train(config: Config, context: StageContext | Console | None = None,
               parent_run_id: str | None = None) -> list[TrainedRun]:
     context = stage_context(config, context)
+    _ = context.dataset   # a missing dataset version is named before Ray starts
     context.ensure_ray(config.ray)
     done: dict[str, TrainedRun] = {}
     for name, loss, train in run_plan(config):

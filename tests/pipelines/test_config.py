@@ -51,3 +51,5 @@ def test_bad_values_are_named_with_choices():
 
 def test_malformed_override():
     assert "key=value" in error_of("shard.samples_per_shard")
+    message = error_of("runs=[{name:")          # what a shell makes of an unquoted flow mapping
+    assert "runs=[{name:" in message and "not valid YAML" in message

@@ -121,17 +121,21 @@ def test_tables_keep_full_run_names_when_output_is_not_a_terminal(tmp_path):
 def test_ray_output_goes_to_the_log_file_not_the_terminal(tmp_path, capsys):
     from ray._private import worker as ray_worker
 
-    from pipelines.ray_compat import send_ray_output_to
+    from pipelines.ray_compat import configure_ray_data_logging, send_worker_output_to
+    from pipelines.ray_session import LIBRARY_LOGGERS, send_library_logs_to
 
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
-    loggers = [logging.getLogger(n) for n in ("ray", "ray.data")]
+    configure_ray_data_logging()
+    loggers = [logging.getLogger(n) for n in LIBRARY_LOGGERS]
     saved = (list(dispatcher.handlers), [list(lg.handlers) for lg in loggers])
     path = tmp_path / "ray.log"
     try:
-        send_ray_output_to(str(path))
+        send_library_logs_to(str(path))
+        send_worker_output_to(str(path))
         dispatcher.emit({"pid": 42, "ip": "127.0.0.1", "is_err": True, "actor_name": "RayTrainWorker",
                          "lines": ["E core_worker.cc:1 PreemptionWatcher failed", "Reporting training result 1: {...}"]})
         logging.getLogger("ray.data").warning("Execution plan of Dataset: ...")
+        logging.getLogger("mlflow.store.db.utils").warning("Creating initial MLflow database tables...")
     finally:
         dispatcher.handlers = saved[0]
         for lg, handlers in zip(loggers, saved[1]):
@@ -139,5 +143,24 @@ def test_ray_output_goes_to_the_log_file_not_the_terminal(tmp_path, capsys):
     written = path.read_text()
     assert "(RayTrainWorker pid=42, ip=127.0.0.1) E core_worker.cc:1 PreemptionWatcher failed" in written
     assert "Reporting training result 1" in written and "Execution plan of Dataset" in written
+    assert "Creating initial MLflow database tables" in written
     captured = capsys.readouterr()
     assert "PreemptionWatcher" not in captured.err + captured.out and "Execution plan" not in captured.err
+
+
+def test_native_stderr_goes_to_the_log_file_and_python_stderr_stays(tmp_path):
+    """What C++ writes to file descriptor 2 lands in the log; the console and tracebacks do not."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "native.log"
+    script = ("import os, sys\n"
+              "from pipelines.ray_session import send_native_stderr_to\n"
+              f"send_native_stderr_to({str(log)!r})\n"
+              "os.write(2, b'[E core_worker.cc:2465] native warning\\n')\n"
+              "print('chipmatch progress', file=sys.stderr)\n"
+              "raise SystemExit('a traceback-worthy failure')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "native warning" in log.read_text() and "native warning" not in done.stderr
+    assert "chipmatch progress" in done.stderr and "a traceback-worthy failure" in done.stderr
+    assert "chipmatch progress" not in log.read_text()
