@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.data.config import ShardConfig
 from components.data.sources import SOURCE_CONFIGS, available_sources
-from components.data.splits import SplitSpec
+from components.data.splits import SplitConfig
 from components.errors import ConfigError
 from components.evaluation.config import EvaluateConfig
 from components.index.config import IndexConfig
@@ -46,23 +46,6 @@ class Section(BaseModel):
 
 # Union over a tuple of classes: no `X | Y` spelling exists for it.
 DataConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="source")]  # type: ignore[valid-type]  # noqa: UP007
-
-
-# Until components/data/splits.py owns its SplitConfig: the limits are SplitSpec's own checks
-# (one place), run when the section is read.
-class SplitConfig(Section):
-    seen_fraction: float = 0.6
-    val_fraction: float = 0.15
-    query_fraction: float | None = None
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _limits(self) -> "SplitConfig":
-        self.spec()   # raises ValueError naming split.<key>
-        return self
-
-    def spec(self) -> SplitSpec:
-        return SplitSpec(**self.model_dump())
 
 
 class RayConfig(Section):

@@ -1,4 +1,5 @@
-"""The evaluate stage: every trained run of the config, measured on the unseen classes.
+"""The evaluate stage: every trained run of the config, measured on the version's retrieval
+split (the unseen classes, or the held-out test images of protocol `images`).
 
 Writes an evaluation record into each run's folder (reused when it is there for the same
 evaluation settings), logs the metrics, a metrics JSON, the retrieval grid and the PR curves
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from components import constants as C
 from components.data.reader import SplitArrays, load_split
-from components.data.versions import open_version
+from components.data.versions import open_version, retrieval_split
 from components.errors import MissingDataError
 from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
 from components.storage import reuse_when_complete, sha256_json
@@ -54,8 +55,11 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
     tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
     evaluated, curves = [], {}
     store, console = context.store, context.console
-    # The unseen chips (for the retrieval grids) are read once, and only if some run needs them.
-    unseen_chips = functools.lru_cache(maxsize=1)(lambda: load_split(open_version(dataset_uri), C.SPLIT_UNSEEN))
+    # The retrieval split's chips (for the grids: unseen classes, or the images protocol's test
+    # images) are read once, and only if some run needs them.
+    version = open_version(dataset_uri)
+    split = retrieval_split(version.manifest)
+    retrieval_chips = functools.lru_cache(maxsize=1)(lambda: load_split(version, split))
     for run in runs:
         record_path = run.paths.evaluation(tag)
         saved = reuse_when_complete(store, record_path)
@@ -64,7 +68,7 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
             curves[run.name] = (np.array(saved["pr_curve"]["recall"]), np.array(saved["pr_curve"]["precision"]))
             evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, saved["metrics"], store.uri_of(record_path), True))
             continue
-        console.log(f"[evaluate] {run.name}: embedding unseen classes, taps {config.evaluate.taps}")
+        console.log(f"[evaluate] {run.name}: embedding split {split!r}, taps {config.evaluate.taps}")
         result = evaluate_model(dataset_uri, run.model_uri, tuple(config.evaluate.taps), tuple(config.evaluate.ks),
                                 config.evaluate.batch_size, config.evaluate.num_actors, use_gpu)
         main = config.evaluate.taps[0]
@@ -74,7 +78,7 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
                   "metrics": flat, "per_tap": result.metrics, "per_class_AP": result.per_class_ap,
                   "pr_curve": {"recall": result.pr_curves[main][0].tolist(), "precision": result.pr_curves[main][1].tolist()}}
         store.write_json(record_path, record)
-        _log(config, context, run, flat, record, result, unseen_chips())
+        _log(config, context, run, flat, record, result, retrieval_chips())
         evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(record_path), False))
     if any(not run.skipped for run in evaluated):  # a re-run with nothing new writes nothing
         _log_pr_curves(context, evaluated, curves)
@@ -94,12 +98,12 @@ def _log(config: Config, context: StageContext, run: TrainedRun, flat: dict, rec
 
 
 def write_retrieval_grid(result: ModelEvaluation, arrays: SplitArrays, tap: str, num_queries: int, k: int, path: str) -> None:
-    """Queries spread over the unseen set (`arrays`: its chips), each followed by its top-k gallery items."""
+    """Queries spread over the retrieval split (`arrays`: its chips), each followed by its top-k gallery items."""
     from components.evaluation.plots import retrieval_grid
 
     unseen = result.unseen
     if unseen is None:
-        raise RuntimeError("the evaluation kept no unseen-class embeddings to draw the retrieval grid from")
+        raise RuntimeError("the evaluation kept no retrieval-split embeddings to draw the retrieval grid from")
     position = {key: i for i, key in enumerate(arrays.keys)}
     features = unseen.features[tap] / np.linalg.norm(unseen.features[tap], axis=1, keepdims=True).clip(1e-12)
     query, gallery = role_masks(unseen.roles)
@@ -134,7 +138,7 @@ def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
     """The main tap in full, the other taps by mAP and R@1 (side by side, to compare layers)."""
     main_columns = [C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(8)]
     other_columns = [C.METRIC_MAP, C.recall_at(1)]
-    table = Table(title=f"retrieval on unseen classes ({taps[0]} layer; other layers prefixed)")
+    table = Table(title=f"retrieval on held-out data ({taps[0]} layer; other layers prefixed)")
     headers = ["run", "loss", *main_columns, C.METRIC_ACCURACY,
                *[f"{tap} {c}" for tap in taps[1:] for c in other_columns]]
     for header in headers:

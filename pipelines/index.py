@@ -32,7 +32,7 @@ GEO_TIME_FIELDS = (LONGITUDE, LATITUDE, TIME, SCENE_ID)
 
 
 def choose_run(config: Config, runs: list[TrainedRun], metrics: dict[str, dict] | None = None) -> TrainedRun:
-    """`index.run` by name, else the run with the best unseen mAP (validation mAP if not evaluated)."""
+    """`index.run` by name, else the run with the best retrieval mAP (validation mAP if not evaluated)."""
     if not runs:
         raise MissingDataError("no trained runs for this config and dataset version: run `chipmatch train` first")
     if config.index.run:
@@ -73,9 +73,10 @@ def run_index(config: Config, context: StageContext | Console | None = None,
     settings = config.index
     use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_has_gpus()
     version = open_version(dataset_uri)
-    console.log(f"[index] embedding splits {settings.splits} with run {run.name!r}")
+    splits = [split for split in settings.splits if version.shards(split)]
+    console.log(f"[index] embedding splits {splits} with run {run.name!r}")
     parts = [embed_split(dataset_uri, split, run.model_uri, ("embedding",), settings.batch_size, settings.num_actors, use_gpu)
-             for split in settings.splits if version.shards(split)]
+             for split in splits]
     vectors = np.concatenate([p.features["embedding"] for p in parts])
     metadata = pd.concat([metadata_table(p) for p in parts], ignore_index=True)
     out = context.store.uri_of(run.paths.index(settings.factory, settings.num_shards))

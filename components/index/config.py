@@ -15,8 +15,8 @@ class IndexConfig(BaseModel):
     train_size: int = Field(100_000, ge=1)
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
-    run: str | None = None               # which trained run to index (default: best unseen mAP)
-    splits: list[Literal["train", "val", "unseen"]] = ["train", "val", "unseen"]
+    run: str | None = None               # which trained run to index (default: best retrieval mAP)
+    splits: list[Literal["train", "val", "unseen", "test"]] = ["train", "val", "unseen", "test"]   # those present
     batch_size: int = Field(256, ge=1)
     num_actors: int = Field(1, ge=1)
     use_gpu: bool | None = None
