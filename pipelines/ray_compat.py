@@ -115,7 +115,7 @@ def reap_orphaned_worker_groups() -> list[str]:
         created = {g.placement_group_id for g in list_placement_groups(
             address=context.gcs_address, filters=[("state", "=", "CREATED")], limit=10_000,
             raise_on_missing_output=False)}
-    except Exception as exc:  # noqa: BLE001 - no dashboard / state API: Ray's cleaner is the only one then
+    except Exception as exc:  # no dashboard / state API: Ray's cleaner is the only one then
         logger.warning("cannot list actors to free stopped trials' worker groups: %s", exc)
         return []
     live_groups = {a.placement_group_id for a in actors if a.state != "DEAD"}
@@ -127,7 +127,7 @@ def reap_orphaned_worker_groups() -> list[str]:
         try:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
             removed.append(group)
-        except Exception:  # noqa: BLE001, S110 - removed meanwhile (by Ray's cleaner)
+        except Exception:  # removed meanwhile (by Ray's cleaner)
             pass
     return removed
 
@@ -157,5 +157,5 @@ def _train_workers_alive() -> bool:
         return bool(list_actors(address=context.gcs_address, limit=10_000, raise_on_missing_output=False,
                                 filters=[("job_id", "=", context.get_job_id()), ("class_name", "=", "RayTrainWorker"),
                                          ("state", "!=", "DEAD")]))
-    except Exception:  # noqa: BLE001 - no state API: nothing more to wait for
+    except Exception:  # no state API: nothing more to wait for
         return False

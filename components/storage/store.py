@@ -67,7 +67,7 @@ class Store:
         try:
             self.write_bytes(probe, b"ok")
             self.delete(probe)
-        except Exception as exc:  # noqa: BLE001 - any filesystem error means the same to the user
+        except Exception as exc:  # any filesystem error means the same to the user
             raise ConfigError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
                              "writable local path or a reachable s3://, gs:// URI") from None
 

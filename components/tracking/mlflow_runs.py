@@ -47,7 +47,7 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
         return experiment.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # noqa: BLE001 - created concurrently by another process
+    except Exception:  # created concurrently by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
