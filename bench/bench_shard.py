@@ -4,7 +4,8 @@ Both read the same folder of PNG chips (rendered once by the synthetic generator
 convert to grayscale, normalise the size, re-encode PNG and write WebDataset-style tars. The
 naive writer does exactly that in one loop; chipmatch additionally hashes inputs, checks
 duplicates, splits classes and writes a manifest. Printed: images/s of both and the ratio,
-measured in the same run (absolute numbers on shared 2-core machines mean little), for each
+measured in the same run (absolute numbers on shared 2-core machines mean little; Ray's
+workers run at the driver's priority, see main), for each
 of `--repeats` alternating rounds and their median, with the machine's load and the seconds
 chipmatch spent per step (list, load, decide, write, publish).
 
@@ -88,6 +89,10 @@ def main() -> None:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Ray starts its workers 15 niceness levels below the driver (RAY_worker_niceness): on a
+    # shared machine they would get a fraction of the CPU the naive loop (in this process)
+    # gets. Same priority for both writers, or the ratio measures the scheduler.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(include_dashboard=False, logging_level="ERROR")
     print(f"cpus={os.cpu_count()} ray_cpus={ray.cluster_resources().get('CPU')} images={args.images} "
           f"per_shard={args.per_shard} repeats={args.repeats}; {machine_load()}")

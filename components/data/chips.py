@@ -101,8 +101,8 @@ def block_rows(count: int, cpus: int) -> int:
 class Loaded(NamedTuple):
     """Where one input's result lies: block number and row, plus the small columns.
 
-    A tuple, not a dataclass: one is made per input on the driver (a frozen dataclass cost
-    15 µs each, as much as decoding a small chip).
+    A tuple, not a frozen dataclass: one is made per input on the driver, where every
+    microsecond is serial time (0.45 µs against 1.2 µs here).
     """
 
     block: int
