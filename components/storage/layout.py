@@ -9,6 +9,8 @@
     mlartifacts/                                   MLflow artifacts (with the default sqlite store)
     evaluation/<experiment>/pr_curves.png          all runs of an experiment on one plot
     indexes/<dataset>/<version>/<run key>/<factory>-<shards>/   a FAISS index (+ source.json)
+    indexes/<name>/LIVE.json                       the index that answers searches for <name>
+    locks/<name>/<claim>.json                      claims of the retrain lock
     tune/<sweep>/<key>/                            a sweep: best.yaml, result.json, ray_tune/,
                                                    trials/<trial>/model, trials/<trial>/ray_train
     compare/<experiment>.md, .csv                  the comparison table
@@ -41,6 +43,8 @@ TUNE_DIR = "tune"
 COMPARE_DIR = "compare"
 EVALUATION_DIR = "evaluation"
 LOGS_DIR = "logs"
+LOCKS_DIR = "locks"
+LIVE_FILENAME = "LIVE.json"
 RAY_RESULTS_DIR = "ray_results"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 LATEST_FILENAME = "LATEST.json"
@@ -174,6 +178,14 @@ class Layout:
     @staticmethod
     def pr_curves(experiment: str) -> str:
         return f"{EVALUATION_DIR}/{experiment}/pr_curves.png"
+
+    @staticmethod
+    def live_index(name: str) -> str:
+        return f"{INDEXES_DIR}/{name}/{LIVE_FILENAME}"
+
+    @staticmethod
+    def lock_claims(name: str) -> str:
+        return f"{LOCKS_DIR}/{name}"
 
     # -- sweeps, comparisons, logs --------------------------------------------------------
     @staticmethod

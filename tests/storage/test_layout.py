@@ -26,6 +26,13 @@ def test_run_paths_hold_model_result_evaluations_and_indexes():
     assert Layout.compare("exp", "csv") == "compare/exp.csv"
 
 
+def test_release_paths_are_the_ones_the_release_package_writes():
+    from components.release import live, lock
+
+    assert Layout.live_index("cars") == live.pointer_path("cars")
+    assert Layout.lock_claims("retrain").startswith(f"{lock.LOCKS_DIR}/")
+
+
 @pytest.mark.parametrize("root", ["/data/chipmatch", "s3://bucket/prefix"])
 def test_a_manifest_uri_splits_back_into_root_and_path(root, tmp_path):
     relative = Layout.manifest("cars", "v1")
