@@ -14,13 +14,11 @@ from components.storage.layout import INDEX_SOURCE_FILENAME
 
 
 def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(chip as the dataset stores it, its embedding) for an image file."""
-    import torch
-
+    """(chip as the dataset stores it, its embedding) for an image file, embedded through the
+    same path as the indexed chips (`components.inference`)."""
     from components.data.decode import decode_image, normalise
     from components.data.records import Rejection
-    from components.models.transforms import build_eval_transform
-    from components.training.checkpoint import load_bundle, model_from_bundle
+    from components.inference import embed_arrays, load_model
 
     try:
         with open(path, "rb") as handle:
@@ -29,10 +27,7 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"--image {path!r} cannot be read: {exc.strerror}") from None
     except Rejection as rejection:
         raise ConfigError(f"--image {path!r} is not a usable chip: {rejection}") from None
-    model = model_from_bundle(load_bundle(source["model_uri"]))
-    batch = chip[None, None] if chip.ndim == 2 else np.moveaxis(chip, -1, 0)[None]
-    with torch.no_grad():
-        embedding = model(build_eval_transform()(torch.from_numpy(np.array(batch)))).numpy()
+    embedding = embed_arrays(load_model(source["model_uri"]), chip[None], taps=("embedding",))["embedding"]
     return chip, embedding
 
 

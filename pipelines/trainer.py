@@ -16,9 +16,9 @@ from typing import Any
 from components import constants as C
 from components.data.versions import open_version
 from components.errors import ConfigError, ResourceError
+from components.inference import BUNDLE_FILENAME
 from components.storage import Store
 from components.tracking import RunLogger, create_run
-from components.training.checkpoint import BUNDLE_FILENAME
 from components.training.config import LossSpec, TrackingSpec, TrainConfig, TrainJob
 from pipelines.config import Config
 from pipelines.ray_session import cluster_has_gpus
