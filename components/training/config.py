@@ -6,10 +6,15 @@ the workers of one run need (dataset, output, model, loss, train settings, track
 crosses the Ray boundary as a plain dict (`to_dict` / `from_dict`), and `from_dict` also
 accepts the untyped dict the train driver passed before this module existed.
 
-How the cores of one training worker are used (see `compute_threads` / `cpus_needed`):
-`threads_per_worker` torch threads run forward/backward, and `loader_workers` processes read,
-decode, augment and assemble the next batches ahead of the step. A driver reserves
-`cpus_needed()` CPUs per worker so that the reservation matches what the worker uses.
+How the cores of one training worker are used: `compute_threads()` torch threads run
+forward/backward (`threads_per_worker`, by default one per reserved CPU, `cpus_per_worker`,
+which is what the driver asks Ray for), and `loader_workers` processes beside them read,
+decode, augment and assemble the next batches ahead of the step. Loaders are light next to
+the step (one loader delivers ~25× the small_cnn step rate at 32×32, so it is busy a few % of
+the time), hence they are not subtracted from the compute threads: on a 2-core machine one
+worker with `cpus_per_worker: 2` keeps both cores on the step and hides the input behind it.
+Large chips or a GPU step want more loaders; reserve CPUs for them with `cpus_per_worker`
+and set `threads_per_worker` to what remains.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class TrainConfig(_Section):
     freeze_backbone: bool = False
     num_workers: int = Field(1, ge=1)             # Ray Train workers (DDP)
     use_gpu: bool | None = None                   # None: when the cluster has GPUs
-    cpus_per_worker: float = Field(1.0, gt=0)     # CPUs Ray reserves per worker (see cpus_needed)
+    cpus_per_worker: float = Field(1.0, gt=0)     # CPUs Ray reserves per worker (= default torch threads)
     threads_per_worker: int | None = Field(None, ge=1)   # torch threads; None: see compute_threads
     max_failures: int = Field(1, ge=0)            # worker-group restarts from the last checkpoint
     fail_at_epoch: int | None = None              # test hook: kill one worker once at this epoch
@@ -56,16 +61,12 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(256, ge=1)       # validation embedding batch
 
     def compute_threads(self) -> int:
-        """torch threads of one worker: `threads_per_worker`, else the reserved CPUs left after
-        the loader processes (at least one)."""
+        """torch threads of one worker: `threads_per_worker`, else one per reserved CPU.
+        (Ray would otherwise leave a worker with one thread per CPU it reserved, rounded down
+        to at least one; the loop sets this explicitly with torch.set_num_threads.)"""
         if self.threads_per_worker is not None:
             return self.threads_per_worker
-        return max(1, math.floor(self.cpus_per_worker) - self.loader_workers)
-
-    def cpus_needed(self) -> float:
-        """CPUs one worker keeps busy: its compute threads plus its loader processes. A driver
-        should reserve max(cpus_per_worker, cpus_needed()) per worker."""
-        return float(self.compute_threads() + self.loader_workers)
+        return max(1, math.floor(self.cpus_per_worker))
 
 
 class LossSpec(_Section):

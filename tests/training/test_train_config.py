@@ -36,11 +36,10 @@ def test_the_drivers_older_loop_dict_is_accepted():
     assert job.train.epochs == 3 and job.train.threads_per_worker == 2 and job.loss.name == "triplet"
 
 
-def test_cores_split_between_compute_threads_and_loader_processes():
-    assert TrainConfig(cpus_per_worker=2, loader_workers=1).compute_threads() == 1
-    assert TrainConfig(cpus_per_worker=4, loader_workers=1).cpus_needed() == 4
-    assert TrainConfig(cpus_per_worker=1, loader_workers=1).compute_threads() == 1   # at least one
-    assert TrainConfig(threads_per_worker=2, loader_workers=1).cpus_needed() == 3
+def test_compute_threads_follow_the_reserved_cpus_unless_set():
+    assert TrainConfig(cpus_per_worker=2, loader_workers=1).compute_threads() == 2
+    assert TrainConfig(cpus_per_worker=0.5).compute_threads() == 1   # at least one
+    assert TrainConfig(cpus_per_worker=4, threads_per_worker=3, loader_workers=1).compute_threads() == 3
 
 
 @pytest.mark.parametrize("bad, match", [
