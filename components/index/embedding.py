@@ -60,7 +60,7 @@ class Embedder:
         from components.inference import embed_arrays
 
         images = np.stack([decode_chip(bytes(png)) for png in batch["png"]])
-        features = embed_arrays(self.model, images, self.taps, batch_size=len(images), device=self.device)
+        features = embed_arrays(self.model, images, self.taps, batch_size=max(1, len(images)), device=self.device)
         out: dict[str, Any] = {"key": batch["key"], "meta": batch["meta"], "shard": batch["shard"]}
         for tap, value in features.items():
             out[f"feature_{tap}"] = value
