@@ -41,7 +41,7 @@ from pipelines.context import StageContext, stage_context
 from pipelines.raw_config import apply_value
 from pipelines.runs import plan_run
 from pipelines.sweep import SweepConfig, available_sweeps, base_raw, max_epochs, trial_raw
-from pipelines.trainer import absolute, check_loss_builds, fit_run, start_run
+from pipelines.trainer import absolute, check_loss_builds, fit_batches, fit_run, start_run
 
 TIME_ATTR = "epoch"           # ASHA's clock: the epoch the loop reports (robust to worker restarts)
 TRIAL_KEY_TAG, TRIAL_STATUS_TAG = "trial_id", "tune.status"
@@ -84,7 +84,7 @@ def run_tune(config: Config, context: StageContext | Console | None = None) -> S
     apply_value(base, "train.dataset", context.dataset)
     base_config = validate(base)
     check_data(sweep, base_config, context.dataset)
-    check_loss_values(sweep, base, base_config)
+    check_trials(sweep, base, base_config, context.dataset)
     key = sha256_json({"sweep": sweep.model_dump(mode="json"),
                        "base": {s: base[s] for s in ("model", "loss", "train")}})[:12]
     paths = context.layout.sweep(sweep.name, key)
@@ -151,14 +151,14 @@ def check_data(sweep: SweepConfig, base: Config, dataset_uri: str) -> None:
                           f"keep P ≤ {classes}")
 
 
-def check_loss_values(sweep: SweepConfig, base: dict[str, Any], base_config: Config) -> None:
-    """Build the trials' loss on the driver with every candidate of its sampled parameters
-    (reading the config checked their names only)."""
+def check_trials(sweep: SweepConfig, base: dict[str, Any], base_config: Config, dataset_uri: str) -> None:
+    """On the driver, before any trial: the base P×K fits the data, and the trials' loss builds
+    with every candidate of its sampled parameters (reading the config checked names only)."""
+    fit_batches(plan_run(base_config, "trial", base_config.loss, base_config.train, dataset_uri))
     sampled = {k: d for k, d in sweep.space.items() if k.startswith("loss.")}
     variants = [base_config] + [validate(trial_raw(base, sweep, {k: v})[0]) for k, d in sampled.items() for v in d.candidates()]
     for variant in variants:
-        planned = plan_run(variant, "trial", variant.loss, variant.train, base_config.train.dataset or "")
-        check_loss_builds(variant, planned)
+        check_loss_builds(variant, plan_run(variant, "trial", variant.loss, variant.train, dataset_uri))
 
 
 def check_cluster(sweep: SweepConfig, base: Config) -> None:
