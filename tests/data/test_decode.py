@@ -99,3 +99,32 @@ def test_chip_from_bytes_rejects_like_decode():
         with pytest.raises(Rejection) as info:
             chip_from_bytes(data, 16, 1)
         assert info.value.reason == reason
+
+
+def test_load_block_gives_chips_hashes_and_rejections_per_input(tmp_path):
+    """Ingest's Ray Data UDF, called in-process on one block."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+
+    from components.data.chips import load_block
+    from components.data.sources.folder import FolderConfig
+
+    good, rgb = png_bytes(1, 20), png_bytes(2, 24, "RGB")
+    files = {"a/good.png": good, "a/rgb.png": rgb, "b/empty.png": b"", "b/half.png": good[: len(good) // 2]}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    names = sorted(files) + ["b/missing.png"]
+    batch = pa.table({"key": names, "locator": [json.dumps({"path": str(tmp_path / n)}) for n in names]})
+    source_json = json.dumps(FolderConfig(root=str(tmp_path)).model_dump(mode="json"))
+    out = load_block(batch, source_json, 16, 1).to_pydict()
+    assert out["key"] == names
+    reasons = dict(zip(names, out["reject_reason"]))
+    assert reasons == {"a/good.png": "", "a/rgb.png": "", "b/empty.png": C.REJECT_EMPTY,
+                       "b/half.png": C.REJECT_TRUNCATED, "b/missing.png": C.REJECT_UNREADABLE}
+    for row, name in enumerate(names[:2]):
+        assert out["chip"][row] == encode_chip(normalise(decode_image(files[name]), 16, 1))
+        assert out["raw_sha256"][row] == hashlib.sha256(files[name]).hexdigest()
+    assert all(out["chip"][row] == b"" for row in range(2, 5))
