@@ -184,17 +184,15 @@ class NumpyKernels:
         return np.maximum.accumulate(np.where(change, positions, 0))
 
     @staticmethod
-    def run_bounds(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For keys whose equal values are contiguous: (first, last) index of each element's run."""
-        n = keys.shape[0]
-        change = np.ones(n, dtype=bool)
-        change[1:] = keys[1:] != keys[:-1]
-        starts = np.flatnonzero(change)
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:] - 1
-        ends[-1:] = n - 1
-        run = np.cumsum(change) - 1
-        return starts[run], ends[run]
+    def equal_to_previous(keys: np.ndarray) -> np.ndarray:
+        """(n + 1,) bools: entry i (1 <= i < n) says keys[i] == keys[i - 1]; both ends False."""
+        same = np.zeros(keys.shape[0] + 1, dtype=bool)
+        np.equal(keys[1:], keys[:-1], out=same[1:-1])
+        return same
+
+    @staticmethod
+    def searchsorted(sorted_keys: np.ndarray, values: np.ndarray, right: bool) -> np.ndarray:
+        return np.searchsorted(sorted_keys, values, side="right" if right else "left")
 
     @staticmethod
     def row_counts(rows: np.ndarray, num_rows: int) -> np.ndarray:
@@ -316,16 +314,14 @@ class TorchKernels:
         return torch.cummax(torch.where(change, positions, 0), 0).values
 
     @staticmethod
-    def run_bounds(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = keys.shape[0]
-        change = torch.ones(n, dtype=torch.bool, device=keys.device)
-        change[1:] = keys[1:] != keys[:-1]
-        starts = torch.nonzero(change).reshape(-1)
-        ends = torch.empty_like(starts)
-        ends[:-1] = starts[1:] - 1
-        ends[-1:] = n - 1
-        run = torch.cumsum(change, 0) - 1
-        return starts[run], ends[run]
+    def equal_to_previous(keys: torch.Tensor) -> torch.Tensor:
+        same = torch.zeros(keys.shape[0] + 1, dtype=torch.bool, device=keys.device)
+        same[1:-1] = keys[1:] == keys[:-1]
+        return same
+
+    @staticmethod
+    def searchsorted(sorted_keys: torch.Tensor, values: torch.Tensor, right: bool) -> torch.Tensor:
+        return torch.searchsorted(sorted_keys, values, right=right)
 
     @staticmethod
     def row_counts(rows: torch.Tensor, num_rows: int) -> torch.Tensor:

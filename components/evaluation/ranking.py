@@ -215,18 +215,32 @@ def _rank_block(scores, query_codes, self_column, layout: GalleryLayout, num_bin
     cand_bins = flat_bins[candidates]
     # Bins are monotone in score (equal scores share a bin), so each bin's candidates are one
     # contiguous run in this order and each tie group a contiguous run inside it.
-    bin_start = k.run_starts(cand_bins)
-    tie_start, tie_end = k.run_bounds(keys)
+    ahead_in_bin = k.arange(candidates.shape[0], query_codes) - k.run_starts(cand_bins)
 
     cand_columns = candidates - cand_rows * gallery_size
     hit = k.flatnonzero(layout.labels[cand_columns] == query_codes[cand_rows])
-    hit_rows, hit_bins, hit_bin_start = cand_rows[hit], cand_bins[hit], bin_start[hit]
-    higher = row_total[hit_rows] - cumulative[hit_bins]  # items in strictly higher bins
-    rank_first = 1 + higher + (tie_start[hit] - hit_bin_start)
-    rank_last = 1 + higher + (tie_end[hit] - hit_bin_start)
-    # The hits keep the candidates' order: tie groups are runs of equal keys here too.
-    hit_row_start = k.run_starts(hit_rows)
-    hit_tie_start, hit_tie_end = k.run_bounds(keys[hit])
-    hit_first = 1 + hit_tie_start - hit_row_start
-    hit_last = 1 + hit_tie_end - hit_row_start
+    hit_rows, hit_bins = cand_rows[hit], cand_bins[hit]
+    # The hit's position in the row's ranking, counting tied items ahead of it in the sorted
+    # order: its rank where it ties with nothing.
+    rank = 1 + (row_total[hit_rows] - cumulative[hit_bins]) + ahead_in_bin[hit]
+    hit_number = k.arange(hit.shape[0], query_codes) - k.run_starts(hit_rows) + 1
+    # Only hits whose key equals a neighbouring candidate's are in a tie group (float32 scores
+    # of large galleries tie now and then; most hits are alone): their spans come from
+    # binary searches of the sorted keys, all other hits keep rank_first = rank_last = rank.
+    same_as_previous = k.equal_to_previous(keys)  # (C + 1,), False at both ends
+    tied = k.flatnonzero(same_as_previous[hit] | same_as_previous[hit + 1])
+    if tied.shape[0] == 0:
+        return hit_rows, hit_number, hit_number, rank, rank
+    tied_keys = keys[hit[tied]]
+    tie_start, tie_end = k.searchsorted(keys, tied_keys, False), k.searchsorted(keys, tied_keys, True) - 1
+    rank_first, rank_last = rank + 0, rank  # a copy, and rank itself (not used again)
+    rank_first[tied] -= hit[tied] - tie_start
+    rank_last[tied] += tie_end - hit[tied]
+    # The hits keep the candidates' order (sorted keys): tie groups are runs here too.
+    hit_keys = keys[hit]
+    hit_tie_start = k.searchsorted(hit_keys, tied_keys, False)
+    hit_tie_end = k.searchsorted(hit_keys, tied_keys, True) - 1
+    hit_first, hit_last = hit_number + 0, hit_number
+    hit_first[tied] -= tied - hit_tie_start
+    hit_last[tied] += hit_tie_end - tied
     return hit_rows, hit_first, hit_last, rank_first, rank_last

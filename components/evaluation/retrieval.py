@@ -215,33 +215,49 @@ class _QuerySums:
 def _query_sums(found, harmonic: np.ndarray) -> _QuerySums:
     """The per-query sums behind every metric (formulas: module docstring, "Ranking and ties")."""
     rows, size = found.row, found.num_relevant.shape[0]
-    ahead = found.rank_first - 1                       # a: items before the item's tie group
-    group = found.rank_last - ahead                    # g: items in the group
-    hits_before = found.hit_first - 1                  # c: hits before the group
-    group_hits = found.hit_last - hits_before          # h: hits in the group
     cut = found.num_relevant[rows]                     # R: MAP@R and R-precision stop there
     precision_at_end = found.hit_last / found.rank_last.astype(np.float64)
-
-    # Each relevant item is equally likely at each of its group's positions a+1..a+g.
-    inside = np.clip(cut - ahead, 0, group)             # positions of the group within the top R
-    expected_top_r = inside / group
-    # MAP@R: (1/g) sum over positions i = a+1..a+inside of [(c+1) + (i-a-1)(h-1)/(g-1)] / i.
-    # With harmonic numbers H, sum 1/i = H[a+inside] - H[a] and sum (i-a-1)/i = inside -
-    # (a+1) * that; a tie-free item (g = 1) is exactly (c+1)/(a+1) = k / rank_k.
-    reciprocal_sum = np.where(group == 1, (inside > 0) / (ahead + 1.0), harmonic[ahead + inside] - harmonic[ahead])
-    later_sum = np.clip(inside - (ahead + 1) * reciprocal_sum, 0.0, None)
-    pair_share = np.where(group > 1, (group_hits - 1) / np.maximum(group - 1, 1), 0.0)
-    expected_map_terms = ((hits_before + 1) * reciprocal_sum + pair_share * later_sum) / group
+    # A relevant item alone in its group (g = 1) sits at rank_last: it counts k / rank_k in
+    # MAP@R and 1 in R-precision when rank_k <= R.
+    within = found.rank_last <= cut
+    map_terms = np.where(within, precision_at_end, 0.0)
+    top_r = within.astype(np.float64)
+    tied = np.flatnonzero(found.rank_first != found.rank_last)
+    if tied.size:
+        map_terms[tied], top_r[tied] = _expected_tied_terms(
+            found.rank_first[tied] - 1, found.rank_last[tied], found.hit_first[tied] - 1,
+            found.hit_last[tied], cut[tied], harmonic)
 
     # Every row has a hit and entries are in rank order: a row's first entry is in its first
     # tie group holding a hit, and rows are ascending, so these are rows 0..B-1 in order.
     first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     return _QuerySums(
         average_precision_sum=np.bincount(rows, weights=precision_at_end, minlength=size),
-        map_at_r_sum=np.bincount(rows, weights=expected_map_terms, minlength=size),
-        r_precision_hits=np.bincount(rows, weights=expected_top_r, minlength=size),
-        first_ahead=ahead[first], first_group=group[first], first_hits=group_hits[first],
+        map_at_r_sum=np.bincount(rows, weights=map_terms, minlength=size),
+        r_precision_hits=np.bincount(rows, weights=top_r, minlength=size),
+        first_ahead=found.rank_first[first] - 1,
+        first_group=found.rank_last[first] - found.rank_first[first] + 1,
+        first_hits=found.hit_last[first] - found.hit_first[first] + 1,
     )
+
+
+def _expected_tied_terms(ahead, rank_last, hits_before, hit_last, cut, harmonic):
+    """(MAP@R term, expected count in the top R) of relevant items in tie groups of g > 1.
+
+    a = ahead items before the group, g = its size, c = hits before it, h = its hits. Each
+    relevant item is equally likely at each of the group's positions a+1..a+g; the MAP@R term
+    is (1/g) sum over positions i = a+1..a+inside (inside the top R) of
+    [(c+1) + (i-a-1)(h-1)/(g-1)] / i. With harmonic numbers H, sum 1/i = H[a+inside] - H[a]
+    and sum (i-a-1)/i = inside - (a+1) * that.
+    """
+    group = rank_last - ahead
+    group_hits = hit_last - hits_before
+    inside = np.clip(cut - ahead, 0, group)
+    reciprocal_sum = harmonic[ahead + inside] - harmonic[ahead]
+    later_sum = np.clip(inside - (ahead + 1) * reciprocal_sum, 0.0, None)
+    pair_share = (group_hits - 1) / (group - 1)
+    map_terms = ((hits_before + 1) * reciprocal_sum + pair_share * later_sum) / group
+    return map_terms, inside / group
 
 
 def evaluate_retrieval(
