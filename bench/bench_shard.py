@@ -6,8 +6,10 @@ naive writer does exactly that in one loop; chipmatch additionally hashes inputs
 duplicates, splits classes and writes a manifest. Printed: images/s of both and the ratio,
 measured in the same run (absolute numbers on shared 2-core machines mean little; Ray's
 workers run at the driver's priority, see main), for each
-of `--repeats` alternating rounds and their median, with the machine's load and the seconds
-chipmatch spent per step (list, load, decide, write, publish).
+of `--repeats` alternating rounds and their median, with the machine's load, the CPU time per
+image of each writer (chipmatch's counts the whole local Ray cluster) and the seconds chipmatch
+spent per step (list, load, decide, write, publish). The ratio needs free cores: where other
+work leaves one core, two workers cannot beat one loop, and CPU µs/img is what compares.
 
     .venv/bin/python bench/bench_shard.py [--images 8000] [--sizes 32 101] [--repeats 3]
 """
@@ -67,6 +69,30 @@ def naive_writer(folder: Path, out: Path, size: int, per_shard: int) -> int:
     return count
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its descendants (the local Ray cluster).
+
+    On a shared machine the wall-clock ratio depends on how many cores are free; CPU seconds
+    per image say what each writer costs regardless (Linux /proc; NaN elsewhere).
+    """
+    try:
+        tick, parents, cpu = os.sysconf("SC_CLK_TCK"), {}, {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(pid)], cpu[int(pid)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError):
+        return float("nan")
+    tree, grew = {os.getpid()}, True
+    while grew:
+        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
+        grew, tree = grown != tree, grown
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
 def chipmatch_ingest(folder: Path, out: Path, size: int, per_shard: int):
     from components.data.ingest import ImageSpec, ingest
     from components.data.sources.folder import FolderConfig, FolderSource
@@ -103,16 +129,20 @@ def main() -> None:
             chipmatch_ingest(work / "chips", work / "warmup", size, args.per_shard)  # warm Ray workers
             ratios = []
             for round_ in range(args.repeats):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 naive_count = naive_writer(work / "chips", work / f"naive{round_}", size, args.per_shard)
                 naive_rate = naive_count / (time.perf_counter() - start)
-                start = time.perf_counter()
+                naive_cpu = (time.process_time() - cpu) / naive_count
+                start, cpu = time.perf_counter(), tree_cpu_seconds()
                 result = chipmatch_ingest(work / "chips", work / f"chipmatch{round_}", size, args.per_shard)
-                rate = result.manifest["summary"]["accepted"] / (time.perf_counter() - start)
+                accepted = result.manifest["summary"]["accepted"]
+                rate = accepted / (time.perf_counter() - start)
+                chipmatch_cpu = (tree_cpu_seconds() - cpu) / accepted
                 ratios.append(rate / naive_rate)
                 steps = " ".join(f"{step} {seconds:.2f}" for step, seconds in result.timings.items())
                 print(f"{size}x{size} round {round_}: naive {naive_rate:,.0f} img/s | chipmatch {rate:,.0f} img/s | "
-                      f"ratio {rate / naive_rate:.2f}x  (chipmatch s: {steps}; {machine_load()})")
+                      f"ratio {rate / naive_rate:.2f}x | CPU µs/img naive {naive_cpu * 1e6:.0f}, chipmatch "
+                      f"{chipmatch_cpu * 1e6:.0f}  (chipmatch s: {steps}; {machine_load()})")
             print(f"{size}x{size}: median ratio {statistics.median(ratios):.2f}x over {len(ratios)} rounds "
                   f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
         finally:
