@@ -26,9 +26,12 @@ Per chunk of B queries against all G gallery items:
 3. Only items sharing a bin with a relevant item ("candidates") need an exact comparison.
    They are few (about R x items-per-bin per row); sorting them by (row, score desc) puts
    each tie group in one contiguous run inside its bin's run.
-4. rank_first = 1 + (#items in higher bins) + (#candidates of the bin ahead of its tie
-   group); rank_last = rank_first + group size - 1. The hits (relevant candidates) in the
-   same order give hit_first / hit_last the same way.
+4. A hit's (relevant candidate's) position in that order gives
+   rank = 1 + (#items in higher bins) + (#candidates of its bin ahead of it), and its
+   position among the row's hits gives k. A hit whose key (row, score) equals no
+   neighbouring candidate's ties with nothing: rank_first = rank_last = rank and
+   hit_first = hit_last = k. For the others, binary searches of the sorted keys find their
+   tie group's first and last positions, among the candidates and among the hits.
 
 Rounding in step 2 can only move an item into a neighbouring bin, which makes it a candidate:
 results stay exact, only the candidate count grows (collapsed embeddings with masses of equal
@@ -37,7 +40,7 @@ sum and lookups are single 1-d operations.
 
 The steps run on a small kernel set (`_kernels`): numpy on CPU, torch on GPU. On CPU the
 score matrix of a chunk is processed in row blocks of about a million scores, so the
-element-wise passes run in cache, on as many threads as torch uses.
+element-wise passes run in cache; chunks run on as many threads as torch uses.
 """
 
 from __future__ import annotations
