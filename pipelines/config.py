@@ -40,6 +40,9 @@ __all__ = ["CONF_DIR", "DEFAULT_CONFIG", "Config", "ConfigError", "EvaluateConfi
            "TrainConfig", "apply_value", "load_config", "validate"]
 
 
+RESERVED_RUN_NAME = "raw_pixels"   # the evaluate stage's untrained baseline (pipelines.baseline)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,6 +79,7 @@ class Config(Section):
     loss: LossConfig = LossConfig(name="triplet")
     train: TrainConfig = TrainConfig()
     runs: list[RunSpec] = []          # trained in order by `chipmatch train` (default: one run of `loss`)
+    seeds: list[int] = []             # each run once per seed: `<run>-s<seed>` (see `pipelines.runs.run_plan`)
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     index: IndexConfig = IndexConfig()
@@ -83,11 +87,18 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _runs_reference_earlier_runs(self) -> "Config":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
         names: list[str] = []
         for run in self.runs:
             if run.name in names:
                 raise ValueError(f"runs: the name {run.name!r} is used twice")
+            if run.name == RESERVED_RUN_NAME:
+                raise ValueError(f"runs: the name {run.name!r} is the raw-pixel baseline's row; choose another")
             TrainConfig(**{**self.train.model_dump(), **run.overrides})   # overrides name real fields
+            if self.seeds and "seed" in run.overrides:
+                raise ValueError(f"runs.{run.name}.overrides.seed={run.overrides['seed']!r} conflicts with seeds="
+                                 f"{self.seeds}: drop one (seeds trains every run once per seed)")
             init = run.overrides.get("init_from")
             if init and "://" not in init and "/" not in init and init not in names:
                 raise ValueError(f"runs.{run.name}.init_from={init!r} names no earlier run; earlier runs: {names}")

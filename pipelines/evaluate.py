@@ -1,9 +1,10 @@
 """The evaluate stage: every trained run of the config, measured on the version's retrieval
-split (the unseen classes, or the held-out test images of protocol `images`).
+split (the unseen classes, or the held-out test images of protocol `images`), beside the
+untrained raw-pixel baseline of the same images (`pipelines.baseline`, the last row).
 
 Writes an evaluation record into each run's folder (reused when it is there for the same
 evaluation settings), logs the metrics, a metrics JSON, the retrieval grid and the PR curves
-of all runs of the config on one plot to each run's MLflow run.
+of all runs of the config (and the baseline) on one plot to each run's MLflow run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from components.errors import MissingDataError
 from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
 from components.storage import reuse_when_complete, sha256_json
 from components.tracking import RunLogger
+from pipelines.baseline import BASELINE_LOSS, BASELINE_NAME, evaluate_baseline
 from pipelines.config import Config
 from pipelines.context import StageContext, stage_context
 from pipelines.ray_session import cluster_has_gpus
@@ -39,6 +41,7 @@ class EvaluatedRun:
     metrics: dict[str, float]           # flat: main tap unprefixed, other taps "<tap>.<metric>"
     evaluation_uri: str
     skipped: bool
+    baseline: bool = False              # the raw-pixel row: no model, main tap only
 
 
 def run_evaluate(config: Config, context: StageContext | Console | None = None,
@@ -80,6 +83,12 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
         store.write_json(record_path, record)
         _log(config, context, run, flat, record, result, retrieval_chips())
         evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(record_path), False))
+    baseline = evaluate_baseline(context, tuple(config.evaluate.ks), config.evaluate.batch_size)
+    if not baseline.skipped:
+        console.log(f"[evaluate] {BASELINE_NAME}: raw pixels of split {split!r}, centred on the training images")
+    curves[BASELINE_NAME] = baseline.pr_curve
+    evaluated.append(EvaluatedRun(BASELINE_NAME, BASELINE_LOSS, baseline.run_id, baseline.metrics, baseline.record_uri,
+                                  baseline.skipped, baseline=True))
     if any(not run.skipped for run in evaluated):  # a re-run with nothing new writes nothing
         _log_pr_curves(context, evaluated, curves)
     return evaluated
@@ -127,7 +136,8 @@ def _log_pr_curves(context: StageContext, evaluated: list[EvaluatedRun], curves:
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pr_curves.png")
-        plot_pr_curves({f"{run.name} ({run.loss})": curves[run.name] for run in evaluated}, path)
+        plot_pr_curves({run.name if run.baseline else f"{run.name} ({run.loss})": curves[run.name] for run in evaluated},
+                       path)
         with open(path, "rb") as handle:
             context.store.write_bytes(context.layout.pr_curves(context.experiment), handle.read())
         for run in evaluated:
@@ -144,16 +154,17 @@ def summary_table(evaluated: list[EvaluatedRun], taps: list[str]) -> Table:
     for header in headers:
         table.add_column(header, justify="left" if header in ("run", "loss") else "right",
                          no_wrap=header in ("run", "loss"), overflow="fold")
+    def cell(metrics: dict, key: str) -> str:
+        return f"{metrics[key]:.4f}" if key in metrics else "-"
+
     for run in evaluated:
-        accuracy = run.metrics.get(C.METRIC_ACCURACY)
-        cells = [run.name, run.loss, *[f"{run.metrics.get(c, float('nan')):.4f}" for c in main_columns],
-                 "-" if accuracy is None else f"{accuracy:.4f}",
-                 *[f"{run.metrics.get(f'{tap}.{c}', float('nan')):.4f}" for tap in taps[1:] for c in other_columns]]
+        cells = [run.name, run.loss, *[cell(run.metrics, c) for c in main_columns], cell(run.metrics, C.METRIC_ACCURACY),
+                 *[cell(run.metrics, f"{tap}.{c}") for tap in taps[1:] for c in other_columns]]
         table.add_row(*cells)
     return table
 
 
 def result_json(evaluated: list[EvaluatedRun]) -> dict[str, Any]:
     return {"stage": "evaluate", "runs": [{"name": r.name, "loss": r.loss, "mlflow_run_id": r.run_id,
-                                           "evaluation": r.evaluation_uri, "skipped": r.skipped, "metrics": r.metrics}
-                                          for r in evaluated]}
+                                           "evaluation": r.evaluation_uri, "skipped": r.skipped, "metrics": r.metrics,
+                                           "baseline": r.baseline} for r in evaluated]}

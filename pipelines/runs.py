@@ -11,12 +11,27 @@ from typing import Any
 
 from components.data.versions import open_version
 from components.storage import Layout, RunPaths, reuse_when_complete, sha256_json
-from pipelines.config import Config, LossConfig, TrainConfig
+from components.tracking.compare import RUN_BASE_TAG, SEED_GROUP_TAG
+from pipelines.config import Config, LossConfig, RunSpec, TrainConfig
 from pipelines.context import StageContext
 
 # Settings that change how a run is executed, not what it learns: outside its key (so the
 # input pipeline's knobs, added later, keep the keys of earlier runs).
 EXECUTION_ONLY = {"fail_at_epoch", "max_failures", "dataset", "loader_workers", "prefetch_batches", "cache_mb"}
+
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run of the plan: its name, loss and train settings, and the run of the config it
+    comes from (`base`: the name before the seed suffix; `init_base`: `init_from` as configured,
+    the same for every seed, so the seeds of a fine-tuned run share one seed group)."""
+
+    name: str
+    loss: LossConfig
+    train: TrainConfig
+    base: str
+    init_base: str | None
 
 
 @dataclass
@@ -44,27 +59,45 @@ class PlannedRun:
     tags: dict[str, Any]
 
 
-def run_plan(config: Config) -> list[tuple[str, LossConfig, TrainConfig]]:
-    """(name, loss, train settings) of every run, in order."""
-    if not config.runs:
-        return [(config.loss.name, config.loss, config.train)]
+def run_plan(config: Config) -> list[RunEntry]:
+    """Every run, in order: each entry of `runs` (default: one run of `loss`), once per seed of
+    `seeds` when it is given, as `<run>-s<seed>` with `train.seed` set; an `init_from` naming a run
+    of the config maps to the same seed's run, so each seed fine-tunes its own parent."""
+    specs = config.runs or [RunSpec(name=config.loss.name, loss=config.loss)]
+    names = {spec.name for spec in specs}
     plan = []
-    for run in config.runs:
-        plan.append((run.name, run.loss, TrainConfig(**{**config.train.model_dump(), **run.overrides})))
+    for spec in specs:
+        train = TrainConfig(**{**config.train.model_dump(), **spec.overrides})
+        init = train.init_from
+        if not config.seeds:
+            plan.append(RunEntry(spec.name, spec.loss, train, spec.name, init))
+            continue
+        for seed in config.seeds:
+            update: dict[str, Any] = {"seed": seed}
+            if init in names:
+                update["init_from"] = f"{init}-s{seed}"
+            plan.append(RunEntry(f"{spec.name}-s{seed}", spec.loss, train.model_copy(update=update), spec.name, init))
     return plan
 
 
-def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str) -> PlannedRun:
+def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, dataset_uri: str,
+             base: str | None = None, init_base: str | None = None) -> PlannedRun:
     """The run's resolved config, key and folder. The key hashes everything that determines the
     trained model, so the same run on the same dataset version always lands in the same
-    folder (and is reused when it is complete there)."""
+    folder (and is reused when it is complete there). `base` / `init_base` (from `RunEntry`)
+    name the configured run, for the seed-group tag; without them the run is its own base."""
     version = open_version(dataset_uri)
     resolved = {"model": config.model.model_dump(), "loss": loss.model_dump(),
                 "train": train.model_dump(exclude=EXECUTION_ONLY), "dataset": dataset_uri}
     run_key = f"{name}-{sha256_json(resolved)[:12]}"
+    seed_group = sha256_json({**resolved, "train": train.model_dump(exclude=EXECUTION_ONLY | {"seed", "init_from"}),
+                              "init_from": init_base if init_base is not None else train.init_from})[:12]
+    # Tags that let `chipmatch compare` put the seeds of one run on one row: runs of one seed
+    # group differ only by `train.seed` (and by which seed's parent they start from).
     tags = {"loss": loss.name, "backbone": config.model.backbone, "embedding_dim": config.model.embedding_dim,
             "dataset": version.dataset, "dataset_version": version.version, "split_seed": version.manifest["split"]["seed"],
-            "run_key": run_key, "stage": "train"}
+            "run_key": run_key, "stage": "train", "seed": train.seed, SEED_GROUP_TAG: seed_group,
+            RUN_BASE_TAG: base or name}
     paths = Layout.run(version.dataset, version.version, run_key)
     return PlannedRun(name, loss, train, dataset_uri, resolved, run_key, paths, tags)
 
@@ -82,11 +115,13 @@ def trained_runs(config: Config, context: StageContext) -> list[TrainedRun]:
     """The runs of this config that have finished training (in plan order)."""
     runs: list[TrainedRun] = []
     model_uris: dict[str, str] = {}
-    for name, loss, train in run_plan(config):
+    for entry in run_plan(config):
+        train = entry.train
         if train.init_from in model_uris:
             train = train.model_copy(update={"init_from": model_uris[train.init_from]})
-        done = finished_run(context, plan_run(config, name, loss, train, context.dataset))
+        planned = plan_run(config, entry.name, entry.loss, train, context.dataset, entry.base, entry.init_base)
+        done = finished_run(context, planned)
         if done is not None:
-            model_uris[name] = done.model_uri
+            model_uris[entry.name] = done.model_uri
             runs.append(done)
     return runs

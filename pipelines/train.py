@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from components import constants as C
-from pipelines.config import Config, LossConfig, TrainConfig
-from pipelines.context import StageContext, stage_context, tracking_uri
-from pipelines.runs import TrainedRun, finished_run, plan_run, run_plan
+from pipelines.config import Config, TrainConfig
+from pipelines.context import StageContext, stage_context
+from pipelines.runs import RunEntry, TrainedRun, finished_run, plan_run, run_plan
 from pipelines.trainer import check_loss_builds, fit_batches, fit_run, start_run
 
-__all__ = ["run_train", "summary_table", "result_json", "tracking_uri"]   # tracking_uri: tests import it from here
+__all__ = ["run_train", "summary_table", "result_json"]
 
 
 def run_train(config: Config, context: StageContext | Console | None = None,
@@ -27,16 +27,19 @@ def run_train(config: Config, context: StageContext | Console | None = None,
     _ = context.dataset   # a missing dataset version is named before Ray starts
     context.ensure_ray(config.ray)
     done: dict[str, TrainedRun] = {}
-    for name, loss, train in run_plan(config):
+    for entry in run_plan(config):
+        train = entry.train
         if train.init_from in done:
             train = train.model_copy(update={"init_from": done[train.init_from].model_uri})
-        done[name] = train_one(config, context, name, loss, train, parent_run_id)
+        done[entry.name] = train_one(config, context, entry, train, parent_run_id)
     return list(done.values())
 
 
-def train_one(config: Config, context: StageContext, name: str, loss: LossConfig, train: TrainConfig,
+def train_one(config: Config, context: StageContext, entry: RunEntry, train: TrainConfig,
               parent_run_id: str | None) -> TrainedRun:
-    planned = plan_run(config, name, loss, train, context.dataset)
+    """Train `entry` with `train` (its settings, `init_from` resolved to a model URI)."""
+    name, loss = entry.name, entry.loss
+    planned = plan_run(config, name, loss, train, context.dataset, entry.base, entry.init_base)
     reused = finished_run(context, planned)
     if reused is not None:
         context.console.log(f"[train] {name}: already trained ({context.store.uri_of(planned.paths.folder)}), skipping")

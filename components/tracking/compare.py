@@ -1,9 +1,16 @@
 """The comparison table users know from the literature, read back from MLflow runs:
-loss · training time · epochs · classification accuracy · mAP · R@1 · MAP@R."""
+loss · training time · epochs · classification accuracy · mAP · R@1 · MAP@R.
+
+Runs that differ only by their training seed (same `seed_group` tag) share one row: the mean
+over seeds, with the sample standard deviation (ddof=1) beside it and the number of seeds.
+The untrained raw-pixel baseline of each dataset version (a run tagged `BASELINE_TAG`) is a
+row of its own, with no training time, epochs or accuracy.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -18,10 +25,18 @@ COLUMNS = {  # column → MLflow metric key
     C.recall_at(1): C.mlflow_key(C.recall_at(1)),
     C.METRIC_MAP_AT_R: C.mlflow_key(C.METRIC_MAP_AT_R),
 }
+STD_SUFFIX = "_std"
+SEEDS_COLUMN = "seeds"
+TABLE_COLUMNS = ["run", "loss", "dataset_version", *COLUMNS, SEEDS_COLUMN, *[f"{c}{STD_SUFFIX}" for c in COLUMNS],
+                 "mlflow_run_id"]
+
+BASELINE_TAG = "chipmatch.baseline"   # value: the baseline's name, e.g. raw_pixels
+SEED_GROUP_TAG = "seed_group"         # runs that differ only by train.seed
+RUN_BASE_TAG = "run_base"             # the run's name before its seed suffix
 
 
-def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """One row per finished training run of `experiment` (latest per run name)."""
+def finished_runs(tracking_uri: str, experiment: str, stage: str) -> list[Any]:
+    """Finished MLflow runs of `experiment` tagged `stage`, newest first."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -29,20 +44,41 @@ def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
         raise MissingDataError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
-    runs = client.search_runs([found.experiment_id], filter_string="tags.stage = 'train' and attributes.status = 'FINISHED'",
+    return client.search_runs([found.experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=5000)
-    rows, seen = [], set()
-    for run in runs:
-        name = run.info.run_name
-        if name in seen:
-            continue
-        seen.add(name)
-        metrics = run.data.metrics
-        row = {"run": name, "loss": run.data.tags.get("loss", ""), "dataset_version": run.data.tags.get("dataset_version", "")}
-        row.update({column: metrics.get(key, math.nan) for column, key in COLUMNS.items()})
-        row["mlflow_run_id"] = run.info.run_id
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["run", "loss", "dataset_version", *COLUMNS, "mlflow_run_id"])
+
+
+def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """One row per group of seeds of a finished training run of `experiment` (latest per run
+    name), then one raw-pixel row per dataset version the experiment's baselines measured."""
+    runs, seen = [], set()
+    for run in finished_runs(tracking_uri, experiment, "train"):
+        if run.info.run_name not in seen:
+            seen.add(run.info.run_name)
+            runs.append(run)
+    groups: dict[str, list[Any]] = {}
+    for run in runs:   # a run without a seed group (older runs) is a group of its own
+        groups.setdefault(run.data.tags.get(SEED_GROUP_TAG) or run.info.run_id, []).append(run)
+    rows = [_group_row(members) for members in groups.values()]
+    baselines: dict[tuple[str, str], Any] = {}
+    for run in finished_runs(tracking_uri, experiment, "baseline"):
+        baselines.setdefault((run.data.tags.get(BASELINE_TAG, ""), run.data.tags.get("dataset_version", "")), run)
+    rows += [_group_row([run]) for run in baselines.values()]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _group_row(members: list[Any]) -> dict[str, Any]:
+    members = sorted(members, key=lambda r: int(r.data.tags.get("seed", 0) or 0))
+    first = members[0]
+    name = first.info.run_name if len(members) == 1 else first.data.tags.get(RUN_BASE_TAG, first.info.run_name)
+    row: dict[str, Any] = {"run": name, "loss": first.data.tags.get("loss", ""),
+                           "dataset_version": first.data.tags.get("dataset_version", ""), SEEDS_COLUMN: len(members),
+                           "mlflow_run_id": ",".join(r.info.run_id for r in members)}
+    for column, key in COLUMNS.items():
+        values = [r.data.metrics[key] for r in members if key in r.data.metrics]
+        row[column] = float(pd.Series(values).mean()) if values else math.nan
+        row[f"{column}{STD_SUFFIX}"] = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else math.nan
+    return row
 
 
 def sort_table(table: pd.DataFrame, key: str, descending: bool | None = None) -> pd.DataFrame:
@@ -61,14 +97,35 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else (f"{minutes} min {secs:02d} s" if minutes else f"{secs} s")
 
 
-def display_rows(table: pd.DataFrame) -> list[list[str]]:
-    """Rows as the table prints: time humanised, rates as percentages."""
-    def percent(value):
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
-    return [[row["run"], row["loss"], format_duration(row["train_seconds"]),
-             "-" if math.isnan(row["epochs"]) else str(int(row["epochs"])), percent(row[C.METRIC_ACCURACY]),
-             percent(row[C.METRIC_MAP]), percent(row[C.recall_at(1)]), percent(row[C.METRIC_MAP_AT_R])]
+
+def display_rows(table: pd.DataFrame) -> list[list[str]]:
+    """Rows as the table prints: time humanised, rates as percentages, `mean ± std` over seeds."""
+    def percent(row, column):
+        value, spread = row[column], row.get(f"{column}{STD_SUFFIX}")
+        if _missing(value):
+            return "-"
+        return f"{100 * value:.2f} %" if _missing(spread) else f"{100 * value:.2f} ± {100 * spread:.2f} %"
+
+    def duration(row):
+        spread = row.get(f"train_seconds{STD_SUFFIX}")
+        text = format_duration(row["train_seconds"])
+        return text if text == "-" or _missing(spread) else f"{text} ± {format_duration(spread)}"
+
+    def epochs(row):
+        value, spread = row["epochs"], row.get(f"epochs{STD_SUFFIX}")
+        if _missing(value):
+            return "-"
+        return str(int(value)) if _missing(spread) or spread == 0 else f"{value:.1f} ± {spread:.1f}"
+
+    def name(row):
+        seeds = row.get(SEEDS_COLUMN)
+        return f"{row['run']} (n={int(seeds)})" if not _missing(seeds) and seeds > 1 else row["run"]
+
+    return [[name(row), row["loss"], duration(row), epochs(row), percent(row, C.METRIC_ACCURACY),
+             percent(row, C.METRIC_MAP), percent(row, C.recall_at(1)), percent(row, C.METRIC_MAP_AT_R)]
             for _, row in table.iterrows()]
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from components.training.checkpoint import load_bundle
 from pipelines.config import load_config
-from pipelines.train import run_train, tracking_uri
+from pipelines.context import tracking_uri
+from pipelines.train import run_train
 
 pytestmark = pytest.mark.slow
 
