@@ -52,7 +52,7 @@ def _evaluate(config: Config, context: StageContext, args: argparse.Namespace) -
 def _compare(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.compare import run_compare
 
-    return run_compare(config, context, experiment=args.experiment, sort=args.sort)
+    return run_compare(config, context, experiment=args.experiment, sort=args.sort, plots=args.plot or ())
 
 
 def _tune(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             sub.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
             sub.add_argument("--sort", default="mAP", help="column to sort by (default: mAP)")
+            sub.add_argument("--plot", action="append", choices=["convergence", "pr"],
+                             help="also write figures under compare/: convergence (validation R@1 against epochs "
+                                  "and training time), pr (PR curves of every row); repeatable")
     return parser
 
 

@@ -1,31 +1,71 @@
-"""The compare stage: the experiment's runs side by side (terminal, Markdown and CSV)."""
+"""The compare stage: the experiment's runs side by side (terminal, Markdown and CSV), seeds of
+one run on one row (mean ± std), the raw-pixel baseline beside them; optionally figures:
+
+- `convergence`: validation R@1 of every training run against epochs, and against training
+  seconds (one figure per axis, one line per run), from the runs' MLflow metric histories;
+  unseen-class R@1 per epoch is drawn dashed beside it when training logged it (measured only,
+  never used for model selection).
+- `pr`: the PR curves of every row (seeds averaged when they share recall points, baseline
+  included) on one figure, from each run's `evaluation/metrics.json` artifact.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from components.errors import MissingDataError
-from components.tracking.compare import DISPLAY_HEADER, comparison_table, display_rows, sort_table, to_markdown
+from components import constants as C
+from components.errors import ConfigError, MissingDataError
+from components.tracking import metric_history, read_json_artifact
+from components.tracking.compare import (
+    DISPLAY_HEADER,
+    SEEDS_COLUMN,
+    comparison_table,
+    display_rows,
+    finished_runs,
+    sort_table,
+    to_markdown,
+)
 from pipelines.config import Config
 from pipelines.context import StageContext, stage_context
 
+PLOTS = ("convergence", "pr")
+VAL_R1 = f"val_{C.recall_at(1)}"
+UNSEEN_R1 = f"unseen_{C.recall_at(1)}"   # per-epoch unseen R@1, when the training loop logs it
+
 
 def run_compare(config: Config, context: StageContext | Console | None = None, experiment: str | None = None,
-                sort: str = "mAP") -> dict[str, Any]:
+                sort: str = "mAP", plots: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     context = stage_context(config, context)
     experiment = experiment or context.experiment
+    unknown = sorted(set(plots) - set(PLOTS))
+    if unknown:
+        raise ConfigError(f"--plot {unknown[0]!r} is unknown; choose from {list(PLOTS)}")
     table = sort_table(comparison_table(context.tracking_uri, experiment), sort)
-    if table.empty:
+    if not finished_runs(context.tracking_uri, experiment, "train"):   # a baseline alone compares nothing
         raise MissingDataError(f"MLflow experiment {experiment!r} has no finished training runs yet")
     store, layout = context.store, context.layout
     store.write_bytes(layout.compare(experiment, "md"), to_markdown(table).encode())
     store.write_bytes(layout.compare(experiment, "csv"), table.to_csv(index=False).encode())
     context.console.print(render(table, experiment))
-    return {"stage": "compare", "experiment": experiment, "markdown": store.uri_of(layout.compare(experiment, "md")),
-            "csv": store.uri_of(layout.compare(experiment, "csv")), "rows": table.fillna(-1).to_dict(orient="records")}
+    result = {"stage": "compare", "experiment": experiment, "markdown": store.uri_of(layout.compare(experiment, "md")),
+              "csv": store.uri_of(layout.compare(experiment, "csv")), "rows": table.fillna(-1).to_dict(orient="records")}
+    figures: dict[str, str] = {}
+    if "convergence" in plots:
+        figures.update(convergence_plots(context, experiment))
+    if "pr" in plots:
+        figures["pr"] = pr_overlay(context, experiment, table)
+    if figures:
+        for name, uri in figures.items():
+            context.console.log(f"[compare] {name}: {uri}")
+        result["plots"] = figures
+    return result
 
 
 def render(table, experiment: str) -> Table:
@@ -36,3 +76,86 @@ def render(table, experiment: str) -> Table:
     for row in display_rows(table):
         output.add_row(*row)
     return output
+
+
+def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """axis ("epochs", "seconds") -> line name -> (x, R@1) of every finished training run
+    (latest per name) with a validation history; unseen lines are named `<run> unseen`."""
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"epochs": {}, "seconds": {}}
+    seen: set[str] = set()
+    for run in finished_runs(tracking_uri, experiment, "train"):
+        name = run.info.run_name
+        if name in seen:
+            continue
+        seen.add(name)
+        seconds = metric_history(tracking_uri, run.info.run_id, "train_seconds")
+        for metric, label in ((VAL_R1, name), (UNSEEN_R1, f"{name} unseen")):
+            history = metric_history(tracking_uri, run.info.run_id, metric)
+            if not history:
+                continue
+            steps = np.array(sorted(history))
+            values = np.array([history[s] for s in steps])
+            series["epochs"][label] = (steps, values)
+            timed = [s for s in steps if s in seconds]
+            if timed:
+                series["seconds"][label] = (np.array([seconds[s] for s in timed]), np.array([history[s] for s in timed]))
+    return series
+
+
+def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
+    """Two PNGs under compare/: validation (and unseen, if logged) R@1 against epochs and
+    against training seconds; their URIs."""
+    from components.evaluation.plots import plot_curves
+
+    series = convergence_series(context.tracking_uri, experiment)
+    if not series["epochs"]:
+        raise MissingDataError(f"no training run of experiment {experiment!r} logged {VAL_R1} per epoch")
+    written = {}
+    for axis, label in (("epochs", "epoch"), ("seconds", "training time (s)")):
+        if not series[axis]:
+            continue
+        dashed = [name for name in series[axis] if name.endswith(" unseen")]
+        relative = context.layout.compare(experiment, f"convergence-{axis}.png")
+        written[f"convergence_{axis}"] = _write_figure(
+            context, relative, lambda path, a=axis, x=label, d=dashed: plot_curves(
+                series[a], path, x, C.recall_at(1), f"{experiment}: R@1 against {x} (solid: validation)", d))
+    return written
+
+
+def pr_curves_of_rows(tracking_uri: str, table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """row name -> (recall, precision): each row's runs' `evaluation/metrics.json` curves, the
+    precision averaged over seeds when they share recall points (else the first seed's)."""
+    curves = {}
+    for _, row in table.iterrows():
+        records = [read_json_artifact(tracking_uri, run_id, "evaluation/metrics.json")
+                   for run_id in str(row["mlflow_run_id"]).split(",")]
+        found: list[dict[str, Any]] = [r["pr_curve"] for r in records if r and "pr_curve" in r]
+        if not found:
+            continue
+        recall = np.asarray(found[0]["recall"], dtype=np.float64)
+        same = [f for f in found if np.array_equal(np.asarray(f["recall"], dtype=np.float64), recall)]
+        precision = np.stack([np.asarray(f["precision"], dtype=np.float64) for f in same]).mean(axis=0)
+        seeds = row.get(SEEDS_COLUMN)
+        name = row["run"] if math.isnan(seeds) or seeds <= 1 else f"{row['run']} (mean of {len(same)} seeds)"
+        curves[name] = (recall, precision)
+    return curves
+
+
+def pr_overlay(context: StageContext, experiment: str, table) -> str:
+    from components.evaluation.plots import plot_pr_curves
+
+    curves = pr_curves_of_rows(context.tracking_uri, table)
+    if not curves:
+        raise MissingDataError(f"no run of experiment {experiment!r} has an evaluation yet: run `chipmatch evaluate`")
+    return _write_figure(context, context.layout.compare(experiment, "pr.png"),
+                         lambda path: plot_pr_curves(curves, path, f"{experiment}: precision-recall"))
+
+
+def _write_figure(context: StageContext, relative: str, draw) -> str:
+    """Draw into a local temporary file and store it at `relative` (the root may be remote)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "figure.png")
+        draw(path)
+        with open(path, "rb") as handle:
+            context.store.write_bytes(relative, handle.read())
+    return context.store.uri_of(relative)

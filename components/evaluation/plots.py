@@ -1,4 +1,5 @@
-"""Evaluation figures written as PNG files: PR curves of several runs, and retrieval grids.
+"""Evaluation figures written as PNG files: PR curves of several runs, convergence curves
+(a metric against epochs or training time, one line per run), and retrieval grids.
 
 matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend
 switch), so importing this module changes nothing and plotting works without a display.
@@ -67,6 +68,43 @@ def plot_pr_curves(
     axes.set_ylabel("precision")
     axes.set_xlim(0.0, 1.0)
     axes.set_ylim(0.0, 1.02)
+    axes.grid(True, alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return _write_atomically(path, buffer.getvalue())
+
+
+def plot_curves(
+    series: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+    dashed: Sequence[str] = (),
+) -> Path:
+    """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
+    training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
+    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(series, Mapping) or not series:
+        raise ValueError("series must be a non-empty mapping of name -> (x, y)")
+    figure = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, curve in series.items():
+        try:
+            x, y = (np.asarray(values, dtype=float) for values in curve)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"series {name!r} must be a pair (x, y) of 1-d arrays") from exc
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError(f"series {name!r}: x and y must be non-empty 1-d arrays of equal length, "
+                             f"got shapes {x.shape} and {y.shape}")
+        order = np.argsort(x, kind="stable")
+        axes.plot(x[order], y[order], label=str(name), linewidth=1.8, marker="." if x.size < 50 else None,
+                  linestyle="--" if name in dashed else "-")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
     axes.set_title(title)
     axes.legend(loc="best", fontsize="small")

@@ -11,6 +11,7 @@ from components.evaluation.plots import (
     OTHER_CLASS_COLOUR,
     QUERY_COLOUR,
     SAME_CLASS_COLOUR,
+    plot_curves,
     plot_pr_curves,
     retrieval_grid,
 )
@@ -36,6 +37,22 @@ def test_pr_curves_reject_bad_input(tmp_path):
         plot_pr_curves({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="curve 'a'"):
         plot_pr_curves({"a": (np.zeros(3), np.zeros(4))}, tmp_path / "x.png")
+
+
+def test_convergence_curves_draw_one_coloured_line_per_run(tmp_path):
+    epochs = np.arange(1, 6)
+    series = {"proxy_anchor": (epochs, 1 - 0.5 ** epochs), "triplet": (epochs[::-1], 0.1 * epochs[::-1]),
+              "triplet unseen": (epochs, 0.05 * epochs)}
+    path = plot_curves(series, tmp_path / "curves.png", "epoch", "R@1", "convergence", dashed=["triplet unseen"])
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    # matplotlib's first two cycle colours (C0 blue, C1 orange) are drawn: one line per run.
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 30).sum() > 50, colour
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plot_curves({}, tmp_path / "x.png", "x", "y", "t")
+    with pytest.raises(ValueError, match="series 'a'"):
+        plot_curves({"a": (np.zeros(3), np.zeros(2))}, tmp_path / "x.png", "x", "y", "t")
 
 
 @pytest.mark.parametrize("channels", [None, 3])

@@ -1,0 +1,100 @@
+"""Seeds: a config's runs expand once per seed; `chipmatch compare` puts the seeds of a run on
+one row (mean ± sample std, checked against numpy) and draws convergence and PR figures from
+MLflow histories and artifacts (real sqlite store, runs written as training writes them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from components import constants as C
+from components.tracking import RunLogger, create_run
+from components.tracking.compare import comparison_table, display_rows
+from pipelines.compare import convergence_series, run_compare
+from pipelines.config import ConfigError, load_config
+from pipelines.context import StageContext
+from pipelines.runs import plan_run, run_plan
+
+RUNS = "runs=[{name: ce, loss: cross_entropy}, {name: warp, loss: warp, overrides: {init_from: ce}}]"
+
+
+def test_seeds_expand_every_run_and_fine_tune_from_the_same_seed():
+    plan = run_plan(load_config(None, [RUNS, "seeds=[0, 3]"]))
+    assert [(e.name, e.train.seed, e.train.init_from, e.base) for e in plan] == [
+        ("ce-s0", 0, None, "ce"), ("ce-s3", 3, None, "ce"), ("warp-s0", 0, "ce-s0", "warp"), ("warp-s3", 3, "ce-s3", "warp")]
+    assert [e.name for e in run_plan(load_config(None, [RUNS]))] == ["ce", "warp"]   # no seeds: as before
+    assert [e.name for e in run_plan(load_config(None, ["runs=[]", "loss=triplet", "seeds=[1]"]))] == ["triplet-s1"]
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["seeds=[1, 1]"], "seeds"),
+    (["runs=[{name: a, loss: triplet, overrides: {seed: 2}}]", "seeds=[0, 1]"], "runs.a.overrides.seed"),
+    (["runs=[{name: raw_pixels, loss: triplet}]"], "raw_pixels"),
+])
+def test_bad_seed_configs_name_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_seeds_of_a_run_share_a_seed_group(tiny_dataset):
+    _, manifest = tiny_dataset
+    config = load_config(None, [RUNS, "seeds=[0, 1]", "data=synthetic_tiny"])
+    groups = {}
+    for entry in run_plan(config):   # the train stage resolves init_from to each parent's own model URI
+        train = entry.train.model_copy(update={"init_from": f"/models/{entry.train.init_from}"}) if entry.train.init_from \
+            else entry.train
+        planned = plan_run(config, entry.name, entry.loss, train, manifest, entry.base, entry.init_base)
+        groups[entry.name] = planned.tags["seed_group"]
+        assert planned.tags["run_base"] == entry.base and planned.tags["seed"] == entry.train.seed
+    assert groups["ce-s0"] == groups["ce-s1"] and groups["warp-s0"] == groups["warp-s1"]
+    assert groups["ce-s0"] != groups["warp-s0"]
+
+
+def _fake_training_run(tracking, experiment_id, name, base, group, seed, metrics, epochs):
+    """A finished run as the train and evaluate stages leave it: tags, per-epoch history, totals."""
+    logger = RunLogger(tracking, create_run(tracking, experiment_id, name, {
+        "stage": "train", "loss": base, "seed_group": group, "run_base": base, "seed": seed, "dataset_version": "v1"}))
+    for epoch, (r1, seconds) in enumerate(epochs, start=1):
+        logger.log_metrics({f"val_{C.recall_at(1)}": r1, "train_seconds": seconds}, step=epoch)
+    logger.log_metrics({"train_seconds": epochs[-1][1], "epochs": len(epochs), **metrics})
+    recall = np.linspace(0, 1, 5)
+    logger.log_dict({"pr_curve": {"recall": recall.tolist(), "precision": (1 - recall * metrics[C.METRIC_MAP]).tolist()}},
+                    "evaluation/metrics.json")
+    logger.terminate("FINISHED")
+    return logger.run_id
+
+
+def test_compare_groups_seeds_with_mean_and_std_and_draws_figures(tmp_path):
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=seeds-test"])
+    context = StageContext(config, Console(quiet=True))
+    tracking, experiment_id = context.tracking_uri, context.experiment_id
+    maps, r1s = [0.50, 0.53, 0.55], [0.70, 0.72, 0.77]
+    for seed, (m, r) in enumerate(zip(maps, r1s)):
+        _fake_training_run(tracking, experiment_id, f"triplet-s{seed}", "triplet", "g-triplet", seed,
+                           {C.METRIC_MAP: m, C.recall_at(1): r}, [(0.3, 10.0 + seed), (0.5, 20.0 + seed)])
+    _fake_training_run(tracking, experiment_id, "ce", "ce", "g-ce", 0, {C.METRIC_MAP: 0.4, C.recall_at(1): 0.6},
+                       [(0.2, 5.0), (0.4, 9.0), (0.45, 13.0)])
+    table = comparison_table(tracking, "seeds-test").set_index("run")
+    assert set(table.index) == {"triplet", "ce"}
+    triplet = table.loc["triplet"]
+    assert triplet["seeds"] == 3 and triplet[C.METRIC_MAP] == pytest.approx(np.mean(maps))
+    assert triplet[f"{C.METRIC_MAP}_std"] == pytest.approx(np.std(maps, ddof=1))
+    assert triplet["train_seconds"] == pytest.approx(21.0) and triplet["train_seconds_std"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["ce"][f"{C.METRIC_MAP}_std"])
+    printed = {row[0]: row for row in display_rows(table.reset_index())}
+    assert printed["triplet (n=3)"][5] == f"{100 * np.mean(maps):.2f} ± {100 * np.std(maps, ddof=1):.2f} %"
+    assert printed["ce"][5] == "40.00 %" and printed["ce"][3] == "3"    # a single seed prints as before
+
+    series = convergence_series(tracking, "seeds-test")
+    steps, values = series["epochs"]["ce"]
+    assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.2, 0.4, 0.45]   # step 0 (the totals) left out
+    assert series["seconds"]["ce"][0].tolist() == [5.0, 9.0, 13.0]
+    assert set(series["epochs"]) == {"ce", "triplet-s0", "triplet-s1", "triplet-s2"}
+
+    report = run_compare(config, context, plots=["convergence", "pr"])
+    for name in ("convergence_epochs", "convergence_seconds", "pr"):
+        assert Image.open(report["plots"][name]).size[0] > 0
+    with pytest.raises(ConfigError, match="--plot 'loss'"):
+        run_compare(config, context, plots=["loss"])
