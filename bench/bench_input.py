@@ -22,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,7 +143,8 @@ def old_loop_rate(manifest: str) -> tuple[float, float]:
 
 
 def new_loop_rate(manifest: str, folder: str, **changes) -> float:
-    """`train(job)` in this process: images/s of its training steps (validation excluded)."""
+    """`train(job)` in this process: images/s of its training steps (validation excluded).
+    `folder` must be new: a checkpoint there would make the run resume (and train nothing)."""
     from components.training.config import TrainJob
     from components.training.loop import train
 
@@ -152,16 +154,19 @@ def new_loop_rate(manifest: str, folder: str, **changes) -> float:
 
 
 def rss_worker(manifest: str, mode: str, folder: str) -> None:
-    """Child process: one short training run, then its peak RSS (and its loaders') as JSON."""
+    """Child process: one short training run with its validation, then its peak RSS as JSON."""
     if mode == "old":
         from components.data.reader import load_split
         from components.data.versions import open_version
+        from components.evaluation import retrieval_metrics
+        from components.inference import embed_arrays
 
         val = load_split(open_version(manifest), C.SPLIT_VAL)   # rank 0 held it beside the training split
         old_loop_rate(manifest)
-        del val
+        features = embed_arrays(_module(32, 32).model, val.images, batch_size=512)["embedding"]
+        retrieval_metrics(features, val.labels, ks=(1,))   # the old loop's validation
     else:
-        new_loop_rate(manifest, folder, batches_per_epoch=5, cpus_per_worker=2)
+        new_loop_rate(manifest, folder, batches_per_epoch=BATCHES, cpus_per_worker=1)
     from tests.training.run_worker import peak_rss_mb
 
     print(json.dumps({"self_mb": peak_rss_mb(),
@@ -210,7 +215,7 @@ def throughput(small: str, root: str) -> None:
     old, loading = old_loop_rate(small)
     print(f"   old loop (split in memory, 1 thread): {old:.0f} img/s (+{loading:.1f} s to decode the split first); {load()}")
     for changes in ({"cpus_per_worker": 2}, {"cpus_per_worker": 2, "threads_per_worker": 1}):
-        rate = new_loop_rate(small, f"{root}/runs/{len(changes)}-{changes.get('threads_per_worker')}", **changes)
+        rate = new_loop_rate(small, tempfile.mkdtemp(dir=root, prefix="run-"), **changes)
         config = train_config(**changes)
         print(f"   new loop, {config.compute_threads()} thread(s) + {config.loader_workers} loader(s): {rate:.0f} img/s "
               f"= {rate / old:.2f}× the old loop; {load()}")
@@ -219,11 +224,14 @@ def throughput(small: str, root: str) -> None:
 def memory(small: str, large: str, root: str) -> None:
     from components.data.versions import open_version
 
-    decoded = [open_version(uri).num_samples(C.SPLIT_TRAIN) * 32 * 32 / 2**20 for uri in (small, large)]
-    print(f"\n3. peak RSS of one training worker (fresh process, VmHWM; loaders: largest loader process, which"
-          f" counts the pages it shares with its parent); decoded training split: {decoded[0]:.0f} / {decoded[1]:.0f} MB")
+    versions = [open_version(uri) for uri in (small, large)]
+    decoded = [v.num_samples(C.SPLIT_TRAIN) * 32 * 32 / 2**20 for v in versions]
+    print(f"\n3. peak RSS of one training worker ({BATCHES} batches + validation; fresh process, VmHWM; loaders: the "
+          f"largest loader process, counting the pages it shares with its parent); decoded training split "
+          f"{decoded[0]:.0f} / {decoded[1]:.0f} MB, validation images {versions[0].num_samples(C.SPLIT_VAL)} / "
+          f"{versions[1].num_samples(C.SPLIT_VAL)}")
     for mode in ("old", "new"):
-        sizes = [(name, peak_rss(uri, mode, f"{root}/runs/rss-{mode}-{name}")) for name, uri in
+        sizes = [(name, peak_rss(uri, mode, tempfile.mkdtemp(dir=root, prefix=f"rss-{mode}-"))) for name, uri in
                  (("8.3k", small), ("33.2k", large))]
         (_, a), (_, b) = sizes
         print(f"   {mode}: " + ", ".join(f"{name}: {r['self_mb']:.0f} MB (loaders {r['loaders_mb']:.0f} MB)" for name, r in sizes)
