@@ -39,7 +39,7 @@ from components.index.manifest import (
     ShardEntry,
     shard_filename,
 )
-from components.storage import Store, sha256_bytes
+from components.storage import Store, reuse_when_complete, sha256_bytes
 
 DEFAULT_TRAIN_SIZE = 100_000
 
@@ -139,17 +139,21 @@ def _fingerprint(parts: Sequence[bytes]) -> str:
 
 
 def _existing(store: Store, inputs_sha256: str) -> IndexManifest | None:
-    """The manifest already in `store` if it was built from the same inputs and is complete."""
-    if not store.exists(INDEX_MANIFEST_FILENAME):
-        return None
+    """The manifest already in `store` if it was built from the same inputs and is complete
+    (the manifest is the index's completion marker: `reuse_when_complete`)."""
+    def complete(data: Any) -> bool:
+        try:
+            manifest = IndexManifest.from_dict(data)
+        except (ValueError, TypeError):
+            return False
+        files = [shard.file for shard in manifest.shards] + [manifest.metadata_file]
+        return manifest.inputs_sha256 == inputs_sha256 and all(store.exists(name) for name in files)
+
     try:
-        manifest = IndexManifest.from_dict(store.read_json(INDEX_MANIFEST_FILENAME))
-    except (ValueError, TypeError):
+        data = reuse_when_complete(store, INDEX_MANIFEST_FILENAME, accept=complete)
+    except ValueError:   # a manifest that is not JSON (written by hand, or by another tool): rebuild
         return None
-    files = [shard.file for shard in manifest.shards] + [manifest.metadata_file]
-    if manifest.inputs_sha256 == inputs_sha256 and all(store.exists(name) for name in files):
-        return manifest
-    return None
+    return None if data is None else IndexManifest.from_dict(data)
 
 
 def _run_sequentially(function: Callable[..., bytes], tasks: list[ShardTask]) -> list[bytes]:

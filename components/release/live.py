@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from components.index.manifest import INDEX_MANIFEST_FILENAME
+from components.storage.layout import LIVE_FILENAME as LIVE_FILENAME  # importable from here too
+from components.storage.layout import Layout
 from components.storage.store import Store
 
-LIVE_FILENAME = "LIVE.json"
 POINTER_FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 logger = logging.getLogger(__name__)
@@ -92,8 +93,9 @@ def _check_keep(keep_generations: int) -> None:
 
 
 def pointer_path(name: str) -> str:
+    """The live pointer of `name` (`Layout.live_index`), after checking the name is one segment."""
     _check_name(name)
-    return f"indexes/{name}/{LIVE_FILENAME}"
+    return Layout.live_index(name)
 
 
 def _relative_index(store: Store, index_uri: str) -> str:

@@ -30,10 +30,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from components.storage.layout import LOCKS_DIR as LOCKS_DIR  # importable from here too
+from components.storage.layout import Layout
 from components.storage.store import TEMP_MARKER, Store
 
 logger = logging.getLogger(__name__)
-LOCKS_DIR = "locks"
 _CONTENTION_ROUNDS = 20  # tries spent on mere contention (no holder) even when wait=0
 
 
@@ -96,7 +97,7 @@ class StorageLock:
         self.poll = float(poll)
         self.purpose = purpose
         self.host = host or socket.gethostname()
-        self.directory = f"{LOCKS_DIR}/{name}"
+        self.directory = Layout.lock_claims(name)
         self._claim: str | None = None
         self._owner: LockOwner | None = None
         self._stop = threading.Event()

@@ -298,3 +298,12 @@ def test_s3_root_uris_are_matched_without_touching_the_bucket():
     assert _relative_index(S3Like, "s3://bucket/chipmatch/indexes/v/x") == "indexes/v/x"
     with pytest.raises(ValueError, match="not below the storage root"):
         _relative_index(S3Like, "s3://other/chipmatch/indexes/v/x")
+
+
+def test_the_pointer_lives_where_the_layout_says(store):
+    from components.storage import Layout
+
+    switch_live(store, "vehicles", make_index(store, "a"), keep_generations=2)
+    assert store.exists(Layout.live_index("vehicles")) and pointer_path("vehicles") == Layout.live_index("vehicles")
+    with pytest.raises(ValueError, match="one"):
+        pointer_path("a/b")   # the name is still checked before the layout builds the path

@@ -205,3 +205,13 @@ def test_a_failure_while_acquiring_leaves_no_claim_behind(tmp_path, monkeypatch)
     monkeypatch.undo()
     with StorageLock(store, "retrain"):  # nothing blocks the next acquirer
         pass
+
+
+def test_claims_live_in_the_layouts_lock_folder(tmp_path):
+    from components.storage import Layout
+
+    store = Store(str(tmp_path / "root"))
+    with StorageLock(store, "retrain") as holder:
+        claims = store.list(Layout.lock_claims("retrain"))
+        assert len(claims) == 1 and claims[0].endswith(".json") and holder.owner is not None
+    assert store.list(Layout.lock_claims("retrain")) == []
