@@ -113,15 +113,17 @@ def train_transform(config: TrainConfig) -> ChipTransform:
 
 
 def build_train_loader(root_uri: str, index: SampleIndex, sampler, config: TrainConfig, rank: int,
-                       device: torch.device) -> tuple[tud.DataLoader, BatchRequests, BatchAugment | None]:
-    """(loader, its request sampler, the augmentation the step must apply on `device` or None)."""
+                       device: torch.device, augment_on_device: bool | None = None,
+                       ) -> tuple[tud.DataLoader, BatchRequests, BatchAugment | None]:
+    """(loader, its request sampler, the augmentation the step must apply on `device` or None).
+    `augment_on_device` defaults to True on a GPU."""
     augment = BatchAugment(train_transform(config), config.seed, rank)
-    on_device = device.type == "cuda"
+    on_device = device.type == "cuda" if augment_on_device is None else augment_on_device
     chips = IndexedSplit(root_uri, index, cache_bytes=int(config.cache_mb * 2**20))
     requests = BatchRequests(sampler)
     workers = config.loader_workers
     extra = ({"prefetch_factor": config.prefetch_batches, "persistent_workers": True,
               "worker_init_fn": loader_worker_init} if workers else {})
     loader = tud.DataLoader(TrainBatches(chips, None if on_device else augment), batch_sampler=requests,
-                            num_workers=workers, collate_fn=keep_batch, pin_memory=on_device, **extra)
+                            num_workers=workers, collate_fn=keep_batch, pin_memory=device.type == "cuda", **extra)
     return loader, requests, augment if on_device else None

@@ -87,3 +87,26 @@ def test_augmentation_differs_by_rank_epoch_and_step_and_repeats_for_the_same_on
     torch.manual_seed(0)
     rank0(images, 0, 0)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_augmenting_after_the_transfer_gives_the_loaders_batches(version):
+    """The GPU path (uint8 from the loader, augmentation on the step's device) run on the CPU:
+    the same generator seeds give the same pixels as augmenting in the loader."""
+    config = TrainConfig(classes_per_batch=P, images_per_class=K, loader_workers=0)
+    index = load_sample_index(version, C.SPLIT_TRAIN)
+    results = []
+    for on_device in (False, True):
+        sampler = PKBatchSampler(index.labels, P, K, seed=0)
+        loader, requests, augment = build_train_loader(version.store.uri, index, sampler, config, 0,
+                                                       torch.device("cpu"), augment_on_device=on_device)
+        requests.set_epoch(1)
+        batches = []
+        for batch in loader:
+            images = batch["images"]
+            if augment is not None:
+                assert images.dtype == torch.uint8
+                images = augment(images, batch["epoch"], batch["step"])
+            batches.append(images)
+        results.append(batches)
+    for loaded, augmented in zip(*results):
+        assert torch.allclose(loaded, augmented, atol=1e-6)
