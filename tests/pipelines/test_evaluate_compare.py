@@ -31,8 +31,11 @@ def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
     console = Console(stderr=True, quiet=True)
     runs = run_train(config, console)
     evaluated = run_evaluate(config, console, runs=runs)
-    assert [e.name for e in evaluated] == ["ce", "warp"]
-    for run in evaluated:
+    assert [e.name for e in evaluated] == ["ce", "warp", "raw_pixels"] and evaluated[-1].baseline
+    baseline = evaluated[-1]
+    assert set(baseline.metrics) >= {C.METRIC_MAP, C.recall_at(1), C.METRIC_MAP_AT_R}
+    assert C.METRIC_ACCURACY not in baseline.metrics
+    for run in evaluated[:-1]:
         metrics = run.metrics
         for key in (C.METRIC_MAP, C.METRIC_MAP_AT_R, C.recall_at(1), C.recall_at(32), f"penultimate.{C.METRIC_MAP}"):
             assert 0.0 <= metrics[key] <= 1.0, key
@@ -51,9 +54,12 @@ def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
     rows = report["rows"]
     by_name = {r["run"]: r["mAP"] for r in rows}
     assert [r["run"] for r in rows] == sorted(by_name, key=lambda n: -by_name[n])
-    assert {r["loss"] for r in rows} == {"cross_entropy", "warp"}
+    assert {r["loss"] for r in rows} == {"cross_entropy", "warp", "-"}
+    pixels = next(r for r in rows if r["run"] == "raw_pixels")   # the baseline row, the same images
+    assert pixels["mAP"] == pytest.approx(baseline.metrics[C.METRIC_MAP]) and pixels["epochs"] == -1
     markdown = Path(report["markdown"]).read_text()
     assert "| run | loss | training time | epochs | classification accuracy | mAP | R@1 | MAP@R |" in markdown
+    assert f"| raw_pixels | - | - | - | - | {100 * baseline.metrics[C.METRIC_MAP]:.2f} % |" in markdown
     assert Path(report["csv"]).read_text().startswith("run,loss,dataset_version,train_seconds,epochs,accuracy,mAP")
 
     # Index every split with the better run, then search by image file.
