@@ -281,3 +281,62 @@ def test_bench_render_time_per_chip(capsys):
         lines.append(f"{size}x{size}: {cpu_ms:.2f} ms CPU, {wall_ms:.2f} ms wall per chip")
     with capsys.disabled():
         print("\n[bench] render_chip " + "; ".join(lines))
+
+
+# --- calibration knobs ---------------------------------------------------------------------
+
+def test_separation_scales_how_far_siblings_depart_from_their_platform():
+    realistic, wider, widest = (vehicle_catalog(120, separation=s) for s in (1.0, 2.0, 3.0))
+    for a, b, c in zip(realistic, wider, widest):
+        assert (a.name, a.superclass, a.platform, a.paint) == (b.name, b.superclass, b.platform, b.paint)
+        # Departures are linear in the separation: equal steps from 1 to 2 and from 2 to 3
+        # (lengths are rounded to the millimetre; the roof may give way on long variants).
+        assert abs((c.length_m - b.length_m) - (b.length_m - a.length_m)) <= 2e-3
+    spread = {s: np.mean([abs(x.length_m - y.length_m) for x, y in zip(cat, cat[1:])
+                          if (x.superclass, x.platform) == (y.superclass, y.platform)] or [0.0])
+              for s, cat in ((1.0, realistic), (3.0, widest))}
+    assert vehicle_catalog(120) == realistic            # the default is the realistic catalogue
+    with pytest.raises(ValueError, match="separation"):
+        vehicle_catalog(10, separation=0)
+    with pytest.raises(ValueError, match="separation"):
+        get_preset("tiny", separation=-1.0)
+    assert spread[3.0] >= spread[1.0]
+
+
+def test_clutter_odds_sets_the_share_of_chips_with_scene_context():
+    model = vehicle_model(5)
+    always = NuisanceConfig()
+    assert always.clutter_odds == 1.0
+    never = always.with_fields(clutter_odds=0.0)
+    some = always.with_fields(clutter_odds=0.3)
+    scenes = {name: [render_chip_with_meta(model, seed, 32, nuisance=n)[1].scene for seed in range(120)]
+              for name, n in (("always", always), ("never", never), ("some", some))}
+    assert "plain" not in scenes["always"]
+    assert set(scenes["never"]) == {"plain"}
+    plain_share = scenes["some"].count("plain") / 120
+    assert 0.55 <= plain_share <= 0.85            # about 70 % plain ground
+    with pytest.raises(ValueError, match="clutter_odds"):
+        NuisanceConfig(clutter_odds=1.5)
+    with pytest.raises(ValueError, match="valid fields"):
+        always.with_fields(clutter_oddz=0.5)
+
+
+def test_small_is_the_calibrated_preset_and_small_hard_the_realistic_one():
+    small, hard = PRESETS["small"], PRESETS["small_hard"]
+    assert (small.num_classes, small.num_images, small.image_size) == (hard.num_classes, hard.num_images, hard.image_size)
+    assert [m.name for m in vehicle_catalog(small.num_classes, separation=small.separation)] == \
+        [m.name for m in vehicle_catalog(hard.num_classes)]      # the same classes
+    assert small.separation > hard.separation == 1.0
+    assert small.nuisance.clutter_odds < hard.nuisance.clutter_odds == 1.0
+
+
+def test_synthetic_source_exposes_the_knobs_and_names_a_bad_one():
+    from components.data.sources.synthetic_cars import SyntheticCarsConfig, SyntheticCarsSource
+
+    config = SyntheticCarsConfig(preset="tiny", separation=2.5, nuisance={"clutter_odds": 0.5})
+    source = SyntheticCarsSource(config)
+    items = source.list_items()
+    assert len(items) == PRESETS["tiny"].num_images
+    assert source.load(items[0]).shape == (32, 32)
+    with pytest.raises(ValueError, match="clutter_oddz"):
+        SyntheticCarsConfig(preset="tiny", nuisance={"clutter_oddz": 0.5})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import ClassVar, Literal
 
+from pydantic import field_validator
+
 import numpy as np
 
 from components import constants as C
@@ -18,7 +20,7 @@ from components.data.sources.base import Source, SourceConfig
 
 class SyntheticCarsConfig(SourceConfig):
     source: Literal["synthetic_cars"] = "synthetic_cars"
-    preset: Literal["tiny", "small", "large"] = "small"
+    preset: Literal["tiny", "small", "small_hard", "large"] = "small"
     seed: int = 0                        # instance seeds, class sizes, GSDs
     # Optional overrides of the preset (None keeps the preset's value).
     num_classes: int | None = None
@@ -29,16 +31,36 @@ class SyntheticCarsConfig(SourceConfig):
     max_per_class: int | None = None
     catalog_seed: int | None = None      # which vehicle models the classes are
     jpeg_quality: int | None = None
+    separation: float | None = None      # how far sibling variants differ (the difficulty knob)
+    nuisance: dict[str, float | bool] | None = None   # NuisanceConfig fields to change, e.g. {clutter_odds: 1.0}
+
+    @field_validator("nuisance")
+    @classmethod
+    def _known_nuisance_fields(cls, nuisance):
+        from components.data.synthetic import FULL_NUISANCE
+
+        if nuisance:
+            FULL_NUISANCE.with_fields(**nuisance)   # raises naming the unknown or bad field
+        return nuisance
+
+
+def _items(config: SyntheticCarsConfig):
+    # Keyed by the config's JSON: the `nuisance` mapping makes the config itself unhashable.
+    return _items_of(config.model_dump_json())
 
 
 @functools.lru_cache(maxsize=4)
-def _items(config: SyntheticCarsConfig):
+def _items_of(config_json: str):
     from components.data.synthetic import get_preset, synthetic_items
 
+    config = SyntheticCarsConfig.model_validate_json(config_json)
     overrides = {name: getattr(config, name) for name in (
         "num_classes", "num_images", "image_size", "channels", "min_per_class", "max_per_class",
-        "catalog_seed", "jpeg_quality") if getattr(config, name) is not None}
-    spec = get_preset(config.preset, seed=config.seed, **overrides)
+        "catalog_seed", "jpeg_quality", "separation") if getattr(config, name) is not None}
+    preset = get_preset(config.preset)
+    if config.nuisance:
+        overrides["nuisance"] = preset.nuisance.with_fields(**config.nuisance)
+    spec = preset.replace(seed=config.seed, **overrides)
     return spec, tuple(synthetic_items(spec))
 
 

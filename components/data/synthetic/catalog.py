@@ -11,6 +11,11 @@ Class ``i`` depends only on ``(i, seed)`` and the classes before it, so the cata
 classes extends the one for 200 (prefix consistency): superclasses follow a golden-ratio
 low-discrepancy sequence (their proportions hold in every prefix), platforms and variants are
 hashed from the index.
+
+``separation`` scales how far sibling variants depart from their platform (length steps,
+width, part fractions): 1.0 is the realistic spacing (sibling cars a few tens of centimetres
+apart, about half a pixel at 0.3 m), larger values make the fine-grained task easier without
+changing what the classes are. It is the calibration knob of the presets (see `presets`).
 """
 
 from __future__ import annotations
@@ -210,20 +215,23 @@ def _platform_params(seed: int, superclass: str, platform: int) -> dict:
     }
 
 
-def _make_model(index: int, seed: int, superclass: str, platform: int, variant: int) -> VehicleModel:
-    """Variant ``variant`` of a platform: small, systematic departures from the base design."""
+def _make_model(index: int, seed: int, superclass: str, platform: int, variant: int,
+                separation: float = 1.0) -> VehicleModel:
+    """Variant ``variant`` of a platform: small, systematic departures from the base design,
+    scaled by ``separation``."""
     spec = SUPERCLASS_SPECS[superclass]
     base = _platform_params(seed, superclass, platform)
     rng = random.Random(mix64(seed, index, _SALT_VARIANT))
     step = _LENGTH_STEPS[variant % len(_LENGTH_STEPS)] + 2.8 * (variant // len(_LENGTH_STEPS))
-    length = base["length_m"] + spec.length_step_m * (step + rng.uniform(-0.15, 0.15))
+    length = base["length_m"] + separation * spec.length_step_m * (step + rng.uniform(-0.15, 0.15))
     roof_feature = base["roof_feature"]
     if variant > 0 and rng.random() < 0.55:
         roof_feature = spec.roof_features[int(rng.random() * len(spec.roof_features))]
     paint = _weighted_pick(PAINTS, rng.random())
     stripe_draw = rng.random()
     # Fractions: a few centimetres of windshield / hood shift is the typical facelift cue.
-    fractions = {key: max(0.0, base[key] + rng.uniform(-0.012, 0.012)) if base[key] > 0 else 0.0
+    fraction_jitter = 0.012 * separation
+    fractions = {key: max(0.0, base[key] + rng.uniform(-fraction_jitter, fraction_jitter)) if base[key] > 0 else 0.0
                  for key in ("hood_frac", "windshield_frac", "roof_frac", "rear_window_frac", "bed_frac")}
     _fit_along_length(fractions, superclass, length, base["cab_length_m"])
     return VehicleModel(
@@ -232,9 +240,10 @@ def _make_model(index: int, seed: int, superclass: str, platform: int, variant: 
         superclass=superclass,
         platform=platform,
         length_m=round(length, 3),
-        width_m=round(base["width_m"] + rng.uniform(-0.04, 0.04), 3),
-        height_m=round(base["height_m"] + rng.uniform(-0.05, 0.05), 3),
-        cabin_inset_m=base["cabin_inset_m"] + rng.uniform(-0.02, 0.02) if base["cabin_inset_m"] else 0.0,
+        width_m=round(base["width_m"] + separation * rng.uniform(-0.04, 0.04), 3),
+        height_m=round(base["height_m"] + separation * rng.uniform(-0.05, 0.05), 3),
+        cabin_inset_m=(max(0.02, base["cabin_inset_m"] + separation * rng.uniform(-0.02, 0.02))
+                       if base["cabin_inset_m"] else 0.0),
         corner_radius_m=base["corner_radius_m"],
         roof_shape=base["roof_shape"],
         roof_feature=roof_feature,
@@ -264,7 +273,7 @@ def _fit_along_length(fractions: dict[str, float], superclass: str, length: floa
 
 
 @lru_cache(maxsize=64)
-def _catalog_tuple(num_classes: int, seed: int) -> tuple[VehicleModel, ...]:
+def _catalog_tuple(num_classes: int, seed: int, separation: float = 1.0) -> tuple[VehicleModel, ...]:
     variants_seen: dict[tuple[str, int], int] = {}
     models = []
     for index in range(num_classes):
@@ -272,7 +281,7 @@ def _catalog_tuple(num_classes: int, seed: int) -> tuple[VehicleModel, ...]:
         platform = _platform_of(index, seed, superclass)
         variant = variants_seen.get((superclass, platform), 0)
         variants_seen[(superclass, platform)] = variant + 1
-        models.append(_make_model(index, seed, superclass, platform, variant))
+        models.append(_make_model(index, seed, superclass, platform, variant, separation))
     return tuple(models)
 
 
@@ -284,22 +293,29 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def vehicle_catalog(num_classes: int, seed: int = 0) -> list[VehicleModel]:
+def _check_separation(separation) -> float:
+    if isinstance(separation, bool) or not isinstance(separation, (int, float)) or not 0 < separation <= 20:
+        raise ValueError(f"separation must be a number in (0, 20], got {separation!r}")
+    return float(separation)
+
+
+def vehicle_catalog(num_classes: int, seed: int = 0, separation: float = 1.0) -> list[VehicleModel]:
     """The first ``num_classes`` vehicle models of the catalogue ``seed`` (deterministic).
 
     Prefix-consistent: ``vehicle_catalog(300, s)[:200] == vehicle_catalog(200, s)``.
     """
     _check_int("num_classes", num_classes, 1)
     _check_int("seed", seed, 0)
-    return list(_catalog_tuple(num_classes, seed))
+    return list(_catalog_tuple(num_classes, seed, _check_separation(separation)))
 
 
-def vehicle_model(index: int, seed: int = 0) -> VehicleModel:
+def vehicle_model(index: int, seed: int = 0, separation: float = 1.0) -> VehicleModel:
     """Class ``index`` of catalogue ``seed``, without the caller building the whole list."""
     _check_int("index", index, 0)
     _check_int("seed", seed, 0)
+    separation = _check_separation(separation)
     # Round the catalogue length up so that workers rendering many classes share one entry.
     length = 256
     while length <= index:
         length *= 2
-    return _catalog_tuple(length, seed)[index]
+    return _catalog_tuple(length, seed, separation)[index]

@@ -19,7 +19,7 @@ import io
 import math
 import random
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -42,7 +42,8 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 class NuisanceConfig:
     """Which per-instance nuisances to apply (all on by default; `none()` for clean renders)."""
 
-    clutter: bool = True            # markings, stains, curbs, grass; off: plain asphalt
+    clutter: bool = True            # scene context (parking lots, roads, markings, neighbours, trees); off: plain asphalt
+    clutter_odds: float = 1.0       # with clutter on: chance that a chip has scene context (else plain asphalt)
     neighbour_odds: float = 0.55    # chance that each neighbouring slot holds a vehicle
     occlusion_odds: float = 0.15    # chance of a tree crown over part of the chip
     shadows: bool = True
@@ -54,7 +55,7 @@ class NuisanceConfig:
     illumination: bool = True       # exposure / haze / gamma / gradient
 
     def __post_init__(self) -> None:
-        for name in ("neighbour_odds", "occlusion_odds", "repaint_odds"):
+        for name in ("clutter_odds", "neighbour_odds", "occlusion_odds", "repaint_odds"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"NuisanceConfig.{name} must be in [0, 1], got {value!r}")
@@ -62,6 +63,14 @@ class NuisanceConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:
                 raise ValueError(f"NuisanceConfig.{name} must be in [0, 0.5), got {value!r}")
+
+    def with_fields(self, **changes: float | bool) -> NuisanceConfig:
+        """A copy with some fields changed; unknown names are a ValueError listing the valid ones."""
+        valid = [f.name for f in fields(self)]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown nuisance field(s) {unknown}; valid fields: {valid}")
+        return replace(self, **changes)
 
     @classmethod
     def none(cls) -> NuisanceConfig:
@@ -314,8 +323,10 @@ def render_chip_with_meta(model: VehicleModel, instance_seed: int, size: int, gs
     paint = scale(paint, rng.uniform(0.93, 1.06))
     main = Placement(model, centre, heading, paint)
 
+    # clutter_odds < 1 draws one more number; at 1 the stream (and every existing dataset) is unchanged.
+    clutter = nuisance.clutter and (nuisance.clutter_odds >= 1.0 or rng.random() < nuisance.clutter_odds)
     scene = compose_scene(rng, mode, side, model, heading, centre, placement_matrix(heading, px_per_m),
-                          px_per_m, nuisance.clutter, nuisance.neighbour_odds, nuisance.occlusion_odds)
+                          px_per_m, clutter, nuisance.neighbour_odds, nuisance.occlusion_odds)
     vehicles = [*scene.neighbours, main]
     placed = [_placed_vertices(placement, px_per_m) for placement in vehicles]
     shadow_mask = None
