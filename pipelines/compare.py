@@ -3,8 +3,8 @@ one run on one row (mean ± std), the raw-pixel baseline beside them; optionally
 
 - `convergence`: validation R@1 of every training run against epochs, and against training
   seconds (one figure per axis, one line per run), from the runs' MLflow metric histories;
-  unseen-class R@1 per epoch is drawn dashed beside it when training logged it (measured only,
-  never used for model selection).
+  R@1 on the retrieval split per epoch (`evaluate.per_epoch`) is drawn dashed beside it when
+  it was measured (never used for model selection).
 - `pr`: the PR curves of every row (seeds averaged when they share recall points, baseline
   included) on one figure, from each run's `evaluation/metrics.json` artifact.
 """
@@ -37,7 +37,8 @@ from pipelines.context import StageContext, stage_context
 
 PLOTS = ("convergence", "pr")
 VAL_R1 = f"val_{C.recall_at(1)}"
-UNSEEN_R1 = f"unseen_{C.recall_at(1)}"   # per-epoch unseen R@1, when the training loop logs it
+# Per-epoch R@1 on the retrieval split (evaluate.per_epoch): unseen classes, or protocol images' test images.
+RETRIEVAL_R1 = {split: f"{split}_{C.recall_at(1)}" for split in (C.SPLIT_UNSEEN, C.SPLIT_TEST)}
 
 
 def run_compare(config: Config, context: StageContext | Console | None = None, experiment: str | None = None,
@@ -80,7 +81,8 @@ def render(table, experiment: str) -> Table:
 
 def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """axis ("epochs", "seconds") -> line name -> (x, R@1) of every finished training run
-    (latest per name) with a validation history; unseen lines are named `<run> unseen`."""
+    (latest per name) with a validation history; retrieval-split lines are `<run> unseen`
+    (or `<run> test`)."""
     series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"epochs": {}, "seconds": {}}
     seen: set[str] = set()
     for run in finished_runs(tracking_uri, experiment, "train"):
@@ -89,7 +91,7 @@ def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str
             continue
         seen.add(name)
         seconds = metric_history(tracking_uri, run.info.run_id, "train_seconds")
-        for metric, label in ((VAL_R1, name), (UNSEEN_R1, f"{name} unseen")):
+        for metric, label in ((VAL_R1, name), *((m, f"{name} {split}") for split, m in RETRIEVAL_R1.items())):
             history = metric_history(tracking_uri, run.info.run_id, metric)
             if not history:
                 continue
@@ -103,7 +105,7 @@ def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str
 
 
 def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
-    """Two PNGs under compare/: validation (and unseen, if logged) R@1 against epochs and
+    """Two PNGs under compare/: validation (and retrieval-split, if measured) R@1 against epochs and
     against training seconds; their URIs."""
     from components.evaluation.plots import plot_curves
 
@@ -114,7 +116,7 @@ def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
     for axis, label in (("epochs", "epoch"), ("seconds", "training time (s)")):
         if not series[axis]:
             continue
-        dashed = [name for name in series[axis] if name.endswith(" unseen")]
+        dashed = [name for name in series[axis] if name.endswith(tuple(f" {split}" for split in RETRIEVAL_R1))]
         relative = context.layout.compare(experiment, f"convergence-{axis}.png")
         written[f"convergence_{axis}"] = _write_figure(
             context, relative, lambda path, a=axis, x=label, d=dashed: plot_curves(

@@ -54,6 +54,7 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
     context.ensure_ray(config.ray)
     settings = config.evaluate.model_dump()
     use_gpu = settings.pop("use_gpu")
+    per_epoch = settings.pop("per_epoch")   # its own record (below): the run's record keeps its key
     use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
     tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
     evaluated, curves = [], {}
@@ -83,6 +84,9 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
         store.write_json(record_path, record)
         _log(config, context, run, flat, record, result, retrieval_chips())
         evaluated.append(EvaluatedRun(run.name, run.loss, run.run_id, flat, store.uri_of(record_path), False))
+    if per_epoch:
+        for run in runs:
+            _evaluate_epochs(config, context, run, tag)
     baseline = evaluate_baseline(context, tuple(config.evaluate.ks), config.evaluate.batch_size)
     if not baseline.skipped:
         console.log(f"[evaluate] {BASELINE_NAME}: raw pixels of split {split!r}, centred on the training images")
@@ -92,6 +96,26 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
     if any(not run.skipped for run in evaluated):  # a re-run with nothing new writes nothing
         _log_pr_curves(context, evaluated, curves)
     return evaluated
+
+
+def _evaluate_epochs(config: Config, context: StageContext, run: TrainedRun, tag: str) -> None:
+    """The retrieval split at each kept training checkpoint of `run` (`pipelines.epochs`),
+    logged per epoch; recorded beside the run's evaluation and reused like it."""
+    from pipelines.epochs import evaluate_epochs, log_epochs
+
+    record_path = run.paths.evaluation(f"epochs-{tag}")
+    if reuse_when_complete(context.store, record_path) is not None:
+        return
+    folder = f"{context.layout.ray_results()}/{run.paths.run_key}"
+    measured = evaluate_epochs(context.store, folder, context.dataset, run.model_uri, tuple(config.evaluate.ks),
+                               config.evaluate.batch_size)
+    if not measured:
+        context.console.log(f"[evaluate] {run.name}: no training checkpoints under {context.store.uri_of(folder)} "
+                            "(train with evaluate.per_epoch=true to keep them all)")
+        return
+    log_epochs(context.tracking_uri, run.run_id, measured)
+    context.store.write_json(record_path, {"run": run.name, "epochs": {str(e): m for e, m in measured.items()}})
+    context.console.log(f"[evaluate] {run.name}: retrieval split measured at epochs {sorted(measured)}")
 
 
 def _log(config: Config, context: StageContext, run: TrainedRun, flat: dict, record: dict, result: ModelEvaluation,

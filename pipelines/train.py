@@ -52,7 +52,9 @@ def train_one(config: Config, context: StageContext, entry: RunEntry, train: Tra
     context.console.log(f"[train] {name}: loss={loss.name} workers={train.num_workers} epochs={train.epochs}")
     store = context.store
     model_uri = store.uri_of(planned.paths.model)
-    metrics = fit_run(planned, logger, model_uri, store.uri_of(context.layout.ray_results()), planned.run_key)
+    # evaluate.per_epoch measures every epoch's checkpoint afterwards: keep them all.
+    metrics = fit_run(planned, logger, model_uri, store.uri_of(context.layout.ray_results()), planned.run_key,
+                      keep_checkpoints=None if config.evaluate.per_epoch else 2)
     store.write_json(planned.paths.result, {"model_uri": model_uri, "run_id": logger.run_id, "metrics": metrics})
     return TrainedRun(name, loss.name, model_uri, logger.run_id, metrics, skipped=False, paths=planned.paths)
 

@@ -74,9 +74,11 @@ def fit_batches(planned: PlannedRun) -> tuple[TrainConfig, str | None]:
 
 
 def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_path: str, ray_name: str,
-            callbacks: list | None = None, gpus_per_worker: float | None = None) -> dict[str, Any]:
+            callbacks: list | None = None, gpus_per_worker: float | None = None,
+            keep_checkpoints: int | None = 2) -> dict[str, Any]:
     """Train with a TorchTrainer around `train_loop_per_worker`; returns the last metrics.
-    The MLflow run ends FINISHED, or FAILED when training raises."""
+    The MLflow run ends FINISHED, or FAILED when training raises. `keep_checkpoints`: how many
+    epoch checkpoints Ray Train keeps (None: all, for per-epoch evaluation)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -99,7 +101,7 @@ def fit_run(planned: PlannedRun, logger: RunLogger, output_uri: str, storage_pat
             run_config=ray.train.RunConfig(
                 name=ray_name, storage_path=absolute(storage_path), callbacks=callbacks or None,
                 failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
                 # Per-report INFO lines from every worker drown the stage's own progress.
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),

@@ -15,3 +15,7 @@ class EvaluateConfig(BaseModel):
     use_gpu: bool | None = None                          # None: when the cluster has GPUs
     grid_queries: int = Field(8, ge=1)                   # rows of the retrieval grid PNG
     grid_k: int = Field(8, ge=1)
+    # Convergence studies: also measure the retrieval split at every epoch's training checkpoint
+    # (logged as <split>_R_at_1 per epoch; never used to select a model). Training then keeps
+    # every checkpoint, so leave it off otherwise.
+    per_epoch: bool = False
