@@ -94,9 +94,11 @@ def test_pipeline_runs_through_ray_job_submit(tmp_path):
         assert report["stages"]["evaluate"]["runs"][0]["metrics"]["mAP"] > 0
         client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'store'}/mlflow.db")
         experiment = client.get_experiment_by_name("job-test")
-        runs = client.search_runs([experiment.experiment_id])
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'train'")
         assert [r.data.tags["loss"] for r in runs] == ["proxy_anchor"]
         assert "mAP" in runs[0].data.metrics
+        baselines = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'baseline'")
+        assert [r.info.run_name for r in baselines] == ["raw_pixels"] and "mAP" in baselines[0].data.metrics
         # Without the token, the cluster refuses the client.
         refused = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, text=True, timeout=60,
                                  env={k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
