@@ -8,8 +8,10 @@ measured in the same run (absolute numbers on shared 2-core machines mean little
 workers run at the driver's priority, see main), for each
 of `--repeats` alternating rounds and their median, with the machine's load, the CPU time per
 image of each writer (chipmatch's counts the whole local Ray cluster) and the seconds chipmatch
-spent per step (list, load, decide, write, publish). The ratio needs free cores: where other
-work leaves one core, two workers cannot beat one loop, and CPU µs/img is what compares.
+spent per step (list, load, decide, write, publish), and the cores other processes used during
+each measurement. The ratio needs free cores: where other work leaves one core, two workers
+cannot beat one loop (CPU µs/img is what compares then). Other work fills whatever cores a
+writer leaves idle, so it reads higher beside the one-core loop than beside chipmatch.
 
     .venv/bin/python bench/bench_shard.py [--images 8000] [--sizes 32 101] [--repeats 3]
 """
@@ -93,6 +95,32 @@ def tree_cpu_seconds() -> float:
     return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (Linux /proc/stat; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as handle:
+            ticks = [int(value) for value in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
+
+
+class Meter:
+    """Wall time, CPU of the writer under test, and the cores everything else used meanwhile."""
+
+    def __init__(self, own_cpu) -> None:
+        self.own_cpu = own_cpu
+
+    def __enter__(self) -> "Meter":
+        self.wall, self.cpu, self.busy = time.perf_counter(), self.own_cpu(), machine_busy_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = self.own_cpu() - self.cpu
+        self.others = max(0.0, machine_busy_seconds() - self.busy - self.cpu) / self.wall   # cores
+
+
 def chipmatch_ingest(folder: Path, out: Path, size: int, per_shard: int):
     from components.data.ingest import ImageSpec, ingest
     from components.data.sources.folder import FolderConfig, FolderSource
@@ -119,7 +147,8 @@ def main() -> None:
     # shared machine they would get a fraction of the CPU the naive loop (in this process)
     # gets. Same priority for both writers, or the ratio measures the scheduler.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    # address="local": its own cluster, never one a `ray start` on this machine left running.
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     print(f"cpus={os.cpu_count()} ray_cpus={ray.cluster_resources().get('CPU')} images={args.images} "
           f"per_shard={args.per_shard} repeats={args.repeats}; {machine_load()}")
     for size in args.sizes:
@@ -129,22 +158,20 @@ def main() -> None:
             chipmatch_ingest(work / "chips", work / "warmup", size, args.per_shard)  # warm Ray workers
             ratios = []
             for round_ in range(args.repeats):
-                start, cpu = time.perf_counter(), time.process_time()
-                naive_count = naive_writer(work / "chips", work / f"naive{round_}", size, args.per_shard)
-                naive_rate = naive_count / (time.perf_counter() - start)
-                naive_cpu = (time.process_time() - cpu) / naive_count
-                start, cpu = time.perf_counter(), tree_cpu_seconds()
-                result = chipmatch_ingest(work / "chips", work / f"chipmatch{round_}", size, args.per_shard)
+                with Meter(time.process_time) as naive:
+                    naive_count = naive_writer(work / "chips", work / f"naive{round_}", size, args.per_shard)
+                with Meter(tree_cpu_seconds) as chip:
+                    result = chipmatch_ingest(work / "chips", work / f"chipmatch{round_}", size, args.per_shard)
                 accepted = result.manifest["summary"]["accepted"]
-                rate = accepted / (time.perf_counter() - start)
-                chipmatch_cpu = (tree_cpu_seconds() - cpu) / accepted
-                ratios.append(rate / naive_rate)
+                ratio = (accepted / chip.wall) / (naive_count / naive.wall)
+                ratios.append(ratio)
                 steps = " ".join(f"{step} {seconds:.2f}" for step, seconds in result.timings.items())
-                print(f"{size}x{size} round {round_}: naive {naive_rate:,.0f} img/s | chipmatch {rate:,.0f} img/s | "
-                      f"ratio {rate / naive_rate:.2f}x | CPU µs/img naive {naive_cpu * 1e6:.0f}, chipmatch "
-                      f"{chipmatch_cpu * 1e6:.0f}  (chipmatch s: {steps}; {machine_load()})")
+                print(f"{size}x{size} round {round_}: naive {naive_count / naive.wall:,.0f} img/s, "
+                      f"{naive.cpu / naive_count * 1e6:.0f} CPU µs/img | chipmatch {accepted / chip.wall:,.0f} img/s, "
+                      f"{chip.cpu / accepted * 1e6:.0f} CPU µs/img | ratio {ratio:.2f}x | other work: "
+                      f"{naive.others:.1f} / {chip.others:.1f} cores  (chipmatch s: {steps})")
             print(f"{size}x{size}: median ratio {statistics.median(ratios):.2f}x over {len(ratios)} rounds "
-                  f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+                  f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x); {machine_load()}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
