@@ -41,3 +41,14 @@ def test_unwritable_storage_fails_fast_naming_it():
     result = chipmatch("ingest", "storage.root=/proc/chipmatch-cannot-write-here")
     assert result.returncode == 2
     assert "storage.root" in result.stderr and "/proc/chipmatch-cannot-write-here" in result.stderr
+
+
+def test_compare_takes_repeatable_plot_flags():
+    import pytest
+
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--experiment", "x", "--plot", "convergence", "--plot", "pr"])
+    assert args.plot == ["convergence", "pr"] and build_parser().parse_args(["compare"]).plot is None
+    with pytest.raises(SystemExit):   # argparse names the valid choices
+        build_parser().parse_args(["compare", "--plot", "loss"])
