@@ -36,7 +36,7 @@ from common import machine_load  # noqa: E402  (bench/common.py)
 
 
 def write_chips(folder: Path, size: int, count: int) -> int:
-    from components.data.synthetic import get_preset, render_item, synthetic_items
+    from components.synthetic import get_preset, render_item, synthetic_items
 
     preset = "small" if size <= 64 else "large"
     spec = get_preset(preset, num_images=count, num_classes=min(100, count // 10), image_size=size)

@@ -1,4 +1,4 @@
-"""`synthetic_cars`: procedurally rendered overhead vehicle chips (components.data.synthetic).
+"""`synthetic_cars`: procedurally rendered overhead vehicle chips (components.synthetic).
 
 The listing is the generator's item list (cheap, no rendering); workers render each item
 from its index, so the whole dataset is a pure function of the config and seed.
@@ -9,9 +9,8 @@ from __future__ import annotations
 import functools
 from typing import ClassVar, Literal
 
-from pydantic import field_validator
-
 import numpy as np
+from pydantic import field_validator
 
 from components import constants as C
 from components.data.records import SourceItem
@@ -37,7 +36,7 @@ class SyntheticCarsConfig(SourceConfig):
     @field_validator("nuisance")
     @classmethod
     def _known_nuisance_fields(cls, nuisance):
-        from components.data.synthetic import FULL_NUISANCE
+        from components.synthetic import FULL_NUISANCE
 
         if nuisance:
             FULL_NUISANCE.with_fields(**nuisance)   # raises naming the unknown or bad field
@@ -51,7 +50,7 @@ def _items(config: SyntheticCarsConfig):
 
 @functools.lru_cache(maxsize=4)
 def _items_of(config_json: str):
-    from components.data.synthetic import get_preset, synthetic_items
+    from components.synthetic import get_preset, synthetic_items
 
     config = SyntheticCarsConfig.model_validate_json(config_json)
     overrides = {name: getattr(config, name) for name in (
@@ -85,6 +84,6 @@ class SyntheticCarsSource(Source):
         ]
 
     def load(self, item: SourceItem) -> np.ndarray:
-        from components.data.synthetic import render_item
+        from components.synthetic import render_item
 
         return render_item(_items(self.config)[1][item.locator["index"]])

@@ -7,7 +7,7 @@ roads, neighbours, trees, blur, sensor noise) by `render_chip`. `PRESETS` mirror
 of the literature (32x32 / ~8.3k and 101x101 / ~62.8k grayscale images); `synthetic_items`
 lists a dataset without rendering it, `render_item` renders one listed item anywhere.
 
-    >>> from components.data.synthetic import synthetic_items, render_item
+    >>> from components.synthetic import synthetic_items, render_item
     >>> items = synthetic_items("tiny")
     >>> chip = render_item(items[0])          # uint8 (32, 32)
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic overhead-vehicle source (components.data.synthetic).
+"""Tests of the synthetic overhead-vehicle source (components.synthetic).
 
 Fast (< 30 s on a shared 2-core machine): renders are ~1 ms each. The difficulty test prints
 its 1-NN figures and the bench test prints render times (run with -s to see them).
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data.synthetic import (
+from components.synthetic import (
     PRESETS,
     SUPERCLASSES,
     NuisanceConfig,
@@ -74,7 +74,7 @@ def test_render_is_identical_in_a_fresh_process_and_import_has_no_side_effects()
     item = synthetic_items("tiny")[5]
     script = (
         "import hashlib\n"
-        "from components.data.synthetic import textures, synthetic_items, render_item\n"
+        "from components.synthetic import textures, synthetic_items, render_item\n"
         "assert textures.noise_bank.cache_info().currsize == 0, 'noise bank built at import'\n"
         "print(hashlib.sha256(render_item(synthetic_items('tiny')[5]).tobytes()).hexdigest())\n"
     )
