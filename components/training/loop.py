@@ -39,6 +39,7 @@ from components.data.versions import open_version
 from components.evaluation import classification_accuracy, retrieval_metrics
 from components.inference import embed_split, load_bundle, make_bundle, model_from_bundle, save_bundle
 from components.losses import build_loss, loss_class, loss_params, transfer_classifier
+from components.losses import loss_arguments as losses_loss_arguments
 from components.losses.base import CONTINUOUS_LABELS
 from components.models import build_model
 from components.storage import Store
@@ -143,15 +144,11 @@ def needs_superclasses(name: str) -> bool:
 
 def loss_arguments(loss_cfg: LossSpec | dict, num_classes: int, embedding_dim: int,
                    superclass_of: list[int] | None) -> dict:
+    """The loss's constructor arguments: its config plus what the data gives (the losses'
+    own rule, `components.losses.loss_arguments`; the driver builds the loss the same way)."""
     spec = loss_cfg if isinstance(loss_cfg, LossSpec) else LossSpec(**loss_cfg)
-    params = dict(spec.params)
-    cls = loss_class(spec.name)
-    if getattr(cls, "has_parameters", False):
-        params.update(num_classes=num_classes, embedding_dim=embedding_dim)
-    # The dataset's superclasses, when it has them and none (nor a coarse count) are configured.
-    if needs_superclasses(spec.name) and superclass_of and not ({"superclass_of", "num_coarse"} & set(params)):
-        params["superclass_of"] = superclass_of
-    return params
+    return losses_loss_arguments(spec.name, spec.params, num_classes=num_classes,
+                                 embedding_dim=embedding_dim, superclass_of=superclass_of)
 
 
 def superclass_indices(manifest: dict, classes: list[str]) -> list[int] | None:

@@ -56,3 +56,19 @@ def test_bad_jobs_name_the_key(bad, match):
 def test_a_job_without_its_inputs_says_which_are_missing():
     with pytest.raises(ValueError, match=r"missing \['output_uri'"):
         TrainJob.from_dict({"dataset": "/d", "model": {}, "loss": {"name": "triplet"}})
+
+
+def test_worker_gives_the_dataset_superclasses_to_a_hierarchical_loss_configured_from_its_file():
+    """conf/loss/hierarchical_proxy.yaml writes superclass_of and num_coarse as null: null means
+    "not chosen", so the dataset's superclasses must still reach the loss (they once did not)."""
+    import yaml
+
+    from components.training.loop import loss_arguments
+
+    params = yaml.safe_load(open("conf/loss/hierarchical_proxy.yaml"))["params"]
+    assert params.get("superclass_of") is None and params.get("num_coarse") is None
+    arguments = loss_arguments({"name": "hierarchical_proxy", "params": params}, 4, 8, [0, 0, 1, 1])
+    assert arguments["superclass_of"] == [0, 0, 1, 1]
+    chosen = loss_arguments({"name": "hierarchical_proxy", "params": {**params, "num_coarse": 2}}, 4, 8, [0, 0, 1, 1])
+    assert chosen.get("superclass_of") is None                   # a configured coarse count wins
+    assert loss_arguments({"name": "triplet", "params": {}}, 4, 8, [0, 0, 1, 1]) == {}
