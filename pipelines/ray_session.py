@@ -91,5 +91,9 @@ def _start(config: RayConfig) -> None:
         return
     # An embedded cluster serves this process only: keep every port on loopback.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray starts its workers 15 niceness levels below the driver by default, so on a shared
+    # machine they lose every core to other work; the stage's workers are the stage.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # The dashboard serves the state API that Ray Train uses to watch its controller.
-    ray.init(num_cpus=config.num_cpus, include_dashboard=True, **kwargs)
+    # address="local": start our own cluster, never join one a `ray start` left on this host.
+    ray.init(address="local", num_cpus=config.num_cpus, include_dashboard=True, **kwargs)

@@ -34,7 +34,8 @@ def _start_shared_ray():
 
     if not ray.is_initialized():
         # More logical CPUs than cores: Train/Tune drivers need a small reservation of their own.
-        ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+        # address="local": our own cluster, never one a `ray start` left on this host.
+        ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING")
     return ray
 
 
