@@ -26,11 +26,11 @@ import time
 
 import numpy as np
 import torch
+from common import machine_load  # bench/common.py (scripts run from bench/)
 from sklearn.metrics import average_precision_score
 
 from components.constants import METRIC_MAP
 from components.evaluation import evaluate_retrieval
-from common import machine_load  # bench/common.py (scripts run from bench/)
 
 
 def clustered_embeddings(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch.distributed as dist
@@ -65,10 +66,9 @@ def iter_shard(version: DatasetVersion, shard_name: str) -> Iterator[dict[str, A
     import webdataset as wds  # here: the random-access path (training, inference) does not need it
 
     with version.store.open_input(shard_name) as stream:
-        for sample in wds.tariterators.group_by_keys(
+        yield from wds.tariterators.group_by_keys(
             wds.tariterators.tar_file_expander([{"stream": stream, "url": shard_name}])
-        ):
-            yield sample
+        )
 
 
 def iter_samples(

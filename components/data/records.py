@@ -14,7 +14,7 @@ import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 
@@ -148,7 +148,7 @@ def parse_time(value: Any) -> str:
     else:
         raise ValueError("not an ISO-8601 time (e.g. 2024-05-01T12:00:00Z)")
     try:
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (OverflowError, ValueError):
         raise ValueError("outside the range of representable times") from None
     spec = "microseconds" if moment.microsecond else "seconds"

@@ -28,8 +28,8 @@ import json
 import posixpath
 import re
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa

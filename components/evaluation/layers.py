@@ -6,7 +6,8 @@ evaluated at several taps (e.g. 'pool', 'embedding') over the same labels and pr
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from components.evaluation.retrieval import retrieval_metrics
 

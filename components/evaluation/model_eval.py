@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from components import constants as C
+from components.data.versions import open_version
 from components.evaluation.classification import classification_accuracy
 from components.evaluation.retrieval import evaluate_retrieval
-from components.data.versions import open_version
 from components.inference import EmbeddedSplit, embed_split, load_bundle, loss_from_bundle, model_from_bundle
 
 

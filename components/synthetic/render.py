@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import io
 import math
-import random
 import numbers
+import random
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 

@@ -169,7 +169,8 @@ def attribute_labels(metas: list[dict], names: list[str] | None) -> np.ndarray:
     try:
         return np.array([[float(m[C.ATTRIBUTES][n]) for n in names] for m in metas], dtype=np.float32)
     except KeyError as exc:
-        raise ValueError(f"loss.attributes names {exc} but a sample lacks it; available: {sorted(metas[0][C.ATTRIBUTES])}") from None
+        available = sorted(metas[0][C.ATTRIBUTES])
+        raise ValueError(f"loss.attributes names {exc} but a sample lacks it; available: {available}") from None
 
 
 def build_sampler(labels: np.ndarray, continuous: np.ndarray | None, config: TrainConfig, rank: int, world: int):

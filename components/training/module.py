@@ -25,7 +25,6 @@ from torch import nn
 from components.training.collectives import differentiable_all_gather
 
 
-
 def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' embeddings (with gradient) and labels, in rank order."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

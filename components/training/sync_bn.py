@@ -19,7 +19,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from components.training.collectives import differentiable_all_reduce
 
 
-
 class GlobalBatchNorm(_BatchNorm):
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:

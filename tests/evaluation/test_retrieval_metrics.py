@@ -16,10 +16,10 @@ from components.evaluation import (
     PER_CLASS_AP,
     PR_PRECISION,
     PR_RECALL,
+    _kernels,
     evaluate_retrieval,
     retrieval_metrics,
 )
-from components.evaluation import _kernels
 from components.evaluation._kernels import NumpyKernels, TorchKernels
 from tests.evaluation import retrieval_reference as ref
 
@@ -314,16 +314,16 @@ def test_no_query_with_a_relevant_item_gives_nan_metrics_and_counts():
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda f, l: retrieval_metrics(f[0], l), ValueError, "embeddings must be 2-d"),
-        (lambda f, l: retrieval_metrics(f, l[:-1]), ValueError, "labels has 9 entries"),
-        (lambda f, l: retrieval_metrics(np.full((10, 4), np.nan), l), ValueError, "NaN"),
-        (lambda f, l: retrieval_metrics("x", l), TypeError, "embeddings must be"),
-        (lambda f, l: retrieval_metrics(f, l, ks=(0, 1)), ValueError, "ks must be positive"),
-        (lambda f, l: retrieval_metrics(f, l, query_mask=np.ones(10)), TypeError, "query_mask must have dtype bool"),
-        (lambda f, l: retrieval_metrics(f, l, gallery_mask=np.zeros(10, bool)), ValueError,
+        (lambda f, y: retrieval_metrics(f[0], y), ValueError, "embeddings must be 2-d"),
+        (lambda f, y: retrieval_metrics(f, y[:-1]), ValueError, "labels has 9 entries"),
+        (lambda f, y: retrieval_metrics(np.full((10, 4), np.nan), y), ValueError, "NaN"),
+        (lambda f, y: retrieval_metrics("x", y), TypeError, "embeddings must be"),
+        (lambda f, y: retrieval_metrics(f, y, ks=(0, 1)), ValueError, "ks must be positive"),
+        (lambda f, y: retrieval_metrics(f, y, query_mask=np.ones(10)), TypeError, "query_mask must have dtype bool"),
+        (lambda f, y: retrieval_metrics(f, y, gallery_mask=np.zeros(10, bool)), ValueError,
          "gallery_mask selects no item"),
-        (lambda f, l: retrieval_metrics(f, l, chunk_size=0), ValueError, "chunk_size"),
-        (lambda f, l: retrieval_metrics(f, l, device="tpu"), ValueError, "device"),
+        (lambda f, y: retrieval_metrics(f, y, chunk_size=0), ValueError, "chunk_size"),
+        (lambda f, y: retrieval_metrics(f, y, device="tpu"), ValueError, "device"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, error, message):

@@ -36,7 +36,8 @@ def write_fake_version(root: str, per_class: dict[str, int], seen: int, size: in
     samples: dict[str, list] = {split: [] for split in C.SPLITS}
     for label, name in enumerate(names):
         for i in range(per_class[name]):
-            split = C.SPLIT_UNSEEN if name in unseen_classes else (C.SPLIT_VAL if i % val_every == val_every - 1 else C.SPLIT_TRAIN)
+            seen_split = C.SPLIT_VAL if i % val_every == val_every - 1 else C.SPLIT_TRAIN
+            split = C.SPLIT_UNSEEN if name in unseen_classes else seen_split
             key = f"{name}-{i:06d}"
             meta = {C.LABEL: name, C.SPLIT: split, C.ROLE: C.ROLE_BOTH, C.SUPERCLASS: f"super{label % 2}"}
             if attributes:

@@ -7,8 +7,6 @@ process computing the whole batch, and loss parameters must be identical on both
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist

@@ -29,8 +29,10 @@ def test_a_job_round_trips_through_a_plain_dict():
 
 
 def test_the_drivers_older_loop_dict_is_accepted():
-    legacy = {"model": {"backbone": "small_cnn", "embedding_dim": 32}, "loss": {"name": "triplet", "params": {}, "attributes": None},
-              "train": {**TrainConfig().model_dump(exclude=INPUT_FIELDS), "epochs": 3}, "dataset": "/d/datasets/x/v/manifest.json",
+    legacy = {"model": {"backbone": "small_cnn", "embedding_dim": 32},
+              "loss": {"name": "triplet", "params": {}, "attributes": None},
+              "train": {**TrainConfig().model_dump(exclude=INPUT_FIELDS), "epochs": 3},
+              "dataset": "/d/datasets/x/v/manifest.json",
               "output_uri": "/out", "tracking": {"uri": None, "run_id": None}, "threads_per_worker": 2}
     job = TrainJob.from_dict(legacy)
     assert job.train.epochs == 3 and job.train.threads_per_worker == 2 and job.loss.name == "triplet"

@@ -9,7 +9,6 @@ from components.data.sources.geotiff import GeoTiffSource
 from components.data.sources.manifest import ManifestSource
 from components.data.sources.synthetic_cars import SyntheticCarsSource
 
-
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
     for cls in (SyntheticCarsSource, FashionMnistSource, FolderSource, ManifestSource, GeoTiffSource)

@@ -111,7 +111,10 @@ class GeoTiffSource(Source):
         label = props.get(cfg.class_property)
         item = SourceItem(
             key=key, label=None if label in (None, "") else str(label),
-            superclass=str(props[cfg.superclass_property]) if cfg.superclass_property and props.get(cfg.superclass_property) is not None else None,
+            superclass=(
+                str(props[cfg.superclass_property])
+                if cfg.superclass_property and props.get(cfg.superclass_property) is not None else None
+            ),
             locator={"scene": str(scene)},
             metadata={"scene_id": scene_id, "crs": str(crs), C.SOURCE: f"{scene.name}#{index}",
                       **{k: v for k, v in props.items() if k not in (cfg.class_property, cfg.superclass_property)}},

@@ -24,7 +24,13 @@ import pandas as pd
 
 from components import constants as C
 from components.data.records import (
-    METADATA_PARSERS, SourceItem, is_missing, parse_fields, parse_number, parse_source_split, safe_key,
+    METADATA_PARSERS,
+    SourceItem,
+    is_missing,
+    parse_fields,
+    parse_number,
+    parse_source_split,
+    safe_key,
 )
 from components.data.sources.base import Source, SourceConfig
 from components.data.sources.folder import read_file_bytes
@@ -118,7 +124,8 @@ class ManifestSource(Source):
             )
             if item.label is None:
                 also = f"; also {'; '.join(problems)}" if problems else ""
-                item.reject_reason, item.reject_detail = C.REJECT_MISSING_LABEL, f"row {row_number}: empty {cfg.label_column!r}{also}"
+                item.reject_reason = C.REJECT_MISSING_LABEL
+                item.reject_detail = f"row {row_number}: empty {cfg.label_column!r}{also}"
             elif problems:
                 item.reject_reason, item.reject_detail = C.REJECT_BAD_METADATA, f"row {row_number}: {'; '.join(problems)}"
             rows_of_path[item.key].append((row_number, len(items)))
