@@ -27,11 +27,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.common import machine_load  # noqa: E402
-from components import constants as C  # noqa: E402
+from bench.common import machine_load
+from components import constants as C
 
 # The quickstart's model and train settings (conf/quickstart.yaml), first run: triplet.
 MODEL = {"backbone": "small_cnn", "embedding_dim": 128}

@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_load  # noqa: E402  (bench/common.py)
+from common import machine_load  # bench/common.py, on the path above
 
 
 def write_chips(folder: Path, size: int, count: int) -> int:

@@ -58,7 +58,7 @@ def send_worker_output_to(path: str) -> None:
 def configure_ray_data_logging() -> None:
     """Ray Data installs its console log handler when `ray.data` is first imported: import it
     now, so that handler exists before the driver's loggers are sent to a file."""
-    import ray.data  # noqa: F401
+    import ray.data  # noqa: F401 - imported for its side effect (the handler), see above
 
 
 # --- Tune: schedulers and cleanup of stopped trials ---------------------------------------------

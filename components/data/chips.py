@@ -66,7 +66,7 @@ def load_one(source: Source, item: SourceItem, size: int | None, channels: int) 
         return decode.encode_chip(decode.normalise(raw, size, channels)), raw_sha, "", ""
     except Rejection as rejection:
         return b"", "", rejection.reason, rejection.detail
-    except Exception as exc:  # noqa: BLE001 - one bad input must never stop the stage
+    except Exception as exc:  # one bad input must never stop the stage
         return b"", "", C.REJECT_CORRUPT, f"{type(exc).__name__}: {exc}"
 
 

@@ -55,14 +55,14 @@ def open_image(data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise Rejection(C.REJECT_UNKNOWN_FORMAT, "not a PNG/JPEG/TIFF/... image PIL can identify") from exc
-    except Exception as exc:  # noqa: BLE001 - any decoder error is a corrupt file
+    except Exception as exc:  # any decoder error is a corrupt file
         raise Rejection(C.REJECT_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
     try:
         image.load()
     except OSError as exc:
         reason = C.REJECT_TRUNCATED if "truncated" in str(exc).lower() else C.REJECT_CORRUPT
         raise Rejection(reason, str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - SyntaxError, ValueError, zlib errors...
+    except Exception as exc:  # SyntaxError, ValueError, zlib errors...
         raise Rejection(C.REJECT_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
     return image
 

@@ -176,6 +176,11 @@ def _interpolated_precision(row, precision, num_relevant, num_points) -> np.ndar
 _EXACT_PRODUCT_TERMS = 1024
 
 
+def _lgamma(x: np.ndarray) -> np.ndarray:
+    """log Γ(x) elementwise, through torch: numpy has no log-gamma."""
+    return torch.lgamma(torch.from_numpy(x)).numpy()
+
+
 def _miss_probability(group: np.ndarray, hits: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """P(none of `hits` relevant items lands in the first `inside` of `group` shuffled items):
     C(g - h, m) / C(g, m) = C(g - m, h) / C(g, h), elementwise (h >= 1, 0 <= m <= g)."""
@@ -194,9 +199,8 @@ def _miss_probability(group: np.ndarray, hits: np.ndarray, inside: np.ndarray) -
         value[running] *= (g[running] - other[running] - j) / (g[running] - j)
     if not small.all():
         big = ~small
-        lgamma = lambda x: torch.lgamma(torch.from_numpy(x)).numpy()  # noqa: E731
         gb, ub, tb = g[big], other[big], terms[big].astype(np.float64)
-        value[big] = np.exp(lgamma(gb - ub + 1) - lgamma(gb - ub - tb + 1) - lgamma(gb + 1) + lgamma(gb - tb + 1))
+        value[big] = np.exp(_lgamma(gb - ub + 1) - _lgamma(gb - ub - tb + 1) - _lgamma(gb + 1) + _lgamma(gb - tb + 1))
     probability[open_] = value
     return probability
 

@@ -40,7 +40,10 @@ def test_a_single_triplet_matches_the_papers_formula_by_hand():
     embeddings = torch.tensor([[0.0], [2.0], [3.0]], dtype=torch.float64)
     labels = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
     eps = 1e-12
-    squared = lambda u, v: (u - v) ** 2  # noqa: E731
+
+    def squared(u, v):
+        return (u - v) ** 2
+
     total = 0.0
     for a, i, j in itertools.permutations(range(3)):
         embedding_term = math.log(squared(embeddings[a, 0], embeddings[i, 0]) + eps) - math.log(

@@ -35,12 +35,14 @@ class SourceConfig(BaseModel):
 class Source(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[SourceConfig]]
-    # Chip size and channel count the source produces natively (None: varies per input).
-    natural_size: int | None = None
-    natural_channels: int | None = None
-
     def __init__(self, config: SourceConfig):
         self.config = config
+
+    @property
+    def natural_size(self) -> int | None:
+        """Chip size the source produces natively, the ingest's default `image.size` (None: varies
+        per input). A property so that sources whose size depends on their config can compute it."""
+        return None
 
     @abstractmethod
     def list_items(self) -> list[SourceItem]:

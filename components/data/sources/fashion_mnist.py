@@ -59,8 +59,10 @@ def load_subset(root: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
 class FashionMnistSource(Source):
     name: ClassVar[str] = "fashion_mnist"
     Config: ClassVar[type[SourceConfig]] = FashionMnistConfig
-    natural_size = 28
-    natural_channels = 1
+
+    @property
+    def natural_size(self) -> int:
+        return 28
 
     def subsets(self) -> list[str]:
         return ["train", "test"] if self.config.subset == "all" else [self.config.subset]

@@ -40,7 +40,7 @@ class GeoTiffConfig(SourceConfig):
 def _rasterio():
     try:
         import rasterio
-        import rasterio.warp  # noqa: F401 - submodule used below
+        import rasterio.warp  # the submodule is not imported by `import rasterio`; used below
     except ImportError as exc:  # pragma: no cover - rasterio is a dependency
         raise ImportError("the 'geotiff' source needs rasterio: pip install rasterio") from exc
     return rasterio
@@ -64,7 +64,7 @@ class GeoTiffSource(Source):
     Config: ClassVar[type[SourceConfig]] = GeoTiffConfig
 
     @property
-    def natural_size(self) -> int | None:  # type: ignore[override]
+    def natural_size(self) -> int | None:
         return self.config.chip_size if self.config.chip_mode == "fixed" else None
 
     def scene_paths(self) -> list[Path]:
@@ -88,7 +88,7 @@ class GeoTiffSource(Source):
             try:
                 with rasterio.open(scene) as dataset:
                     crs, transform, width, height = dataset.crs, dataset.transform, dataset.width, dataset.height
-            except Exception as exc:  # noqa: BLE001 - any rasterio failure means the scene is unusable
+            except Exception as exc:  # any rasterio failure means the scene is unusable
                 items.append(SourceItem(key=f"{scene_id}/scene", label=None, locator={"scene": str(scene)},
                                         metadata={"scene_id": scene_id}, reject_reason=C.REJECT_CORRUPT,
                                         reject_detail=f"cannot open scene: {exc}"))
@@ -162,7 +162,7 @@ class GeoTiffSource(Source):
                 # masked (e.g. where a 4th "alpha" band is 0), which would corrupt real data.
                 padding = {"boundless": True, "fill_value": 0} if self.config.edge == "pad" else {}
                 array = dataset.read(bands, window=window, **padding)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # any rasterio read failure means the chip is unreadable: reject it
             raise Rejection(C.REJECT_UNREADABLE, f"{item.locator['scene']}: {exc}") from exc
         array = np.moveaxis(array, 0, -1)  # bands-first → H×W×bands
         if array.dtype != np.uint8:

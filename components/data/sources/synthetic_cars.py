@@ -68,7 +68,7 @@ class SyntheticCarsSource(Source):
     Config: ClassVar[type[SourceConfig]] = SyntheticCarsConfig
 
     @property
-    def natural_size(self) -> int:  # type: ignore[override]
+    def natural_size(self) -> int:
         return _items(self.config)[0].image_size
 
     def list_items(self) -> list[SourceItem]:
