@@ -328,6 +328,7 @@ def test_small_is_the_calibrated_preset_and_small_hard_the_realistic_one():
         [m.name for m in vehicle_catalog(hard.num_classes)]      # the same classes
     assert small.separation > hard.separation == 1.0
     assert small.nuisance.clutter_odds < hard.nuisance.clutter_odds == 1.0
+    assert hard.nuisance == NuisanceConfig()                     # the full, realistic nuisance
 
 
 def test_synthetic_source_exposes_the_knobs_and_names_a_bad_one():
