@@ -1,4 +1,4 @@
-"""Models: backbones, embedding and cosine-classifier heads, feature taps, preprocessing.
+"""Models: backbones, the embedding head, feature taps, preprocessing.
 
 Entry points: :func:`build_model` (backbone + embedding head), :func:`build_backbone`,
 :func:`build_train_transform` / :func:`build_eval_transform`, and
@@ -21,14 +21,12 @@ from components.models.embedder import (
     DEFAULT_TAPS,
     TAP_EMBEDDING,
     TAP_EMBEDDING_RAW,
-    TAP_LOGITS,
     TAP_PENULTIMATE,
     EmbeddingModel,
     available_taps,
     build_model,
-    tap_dims,
 )
-from components.models.heads import CosineClassifier, EmbeddingHead
+from components.models.heads import EmbeddingHead
 from components.models.torchvision_compat import import_torchvision, import_torchvision_submodule
 from components.models.transforms import (
     DEFAULT_MEAN,
@@ -62,13 +60,11 @@ __all__ = [
     "STEMS",
     "TAP_EMBEDDING",
     "TAP_EMBEDDING_RAW",
-    "TAP_LOGITS",
     "TAP_PENULTIMATE",
     "AugmentParams",
     "Backbone",
     "ChipAugment",
     "ChipTransform",
-    "CosineClassifier",
     "EmbeddingHead",
     "EmbeddingModel",
     "Normalize",
@@ -88,6 +84,5 @@ __all__ = [
     "load_backbone_weights",
     "load_state_dict_file",
     "stem_for_image_size",
-    "tap_dims",
     "to_float",
 ]

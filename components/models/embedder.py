@@ -9,7 +9,6 @@ embedding itself. Taps:
 * ``embedding_raw`` - the head output before normalisation
 * ``penultimate``   - the pooled backbone output the head reads
 * ``stage1`` .. ``stage4`` - backbone stage maps, global-average-pooled to ``[B, channels]``
-* ``logits``        - only for models built with a :class:`CosineClassifier`
 
 Inputs are float ``[B, C, H, W]`` as produced by :mod:`components.models.transforms`.
 """
@@ -25,19 +24,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.models.backbones import POOLED, Backbone, build_backbone, stem_for_image_size
-from components.models.heads import CosineClassifier, EmbeddingHead
+from components.models.heads import EmbeddingHead
 
 TAP_EMBEDDING = "embedding"
 TAP_EMBEDDING_RAW = "embedding_raw"
 TAP_PENULTIMATE = "penultimate"
-TAP_LOGITS = "logits"
 DEFAULT_TAPS = (TAP_EMBEDDING, TAP_PENULTIMATE)
 
 
 class EmbeddingModel(nn.Module):
-    """Backbone -> EmbeddingHead (-> optional CosineClassifier for exported models)."""
+    """Backbone -> EmbeddingHead. Class scores, where a loss trains them, live in the loss."""
 
-    def __init__(self, backbone: Backbone, head: EmbeddingHead, classifier: CosineClassifier | None = None) -> None:
+    def __init__(self, backbone: Backbone, head: EmbeddingHead) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone):
             raise TypeError(f"backbone must be a components.models Backbone, got {type(backbone).__name__}")
@@ -47,11 +45,8 @@ class EmbeddingModel(nn.Module):
             raise ValueError(
                 f"head.in_features={head.in_features} does not match backbone.out_features={backbone.out_features}"
             )
-        if classifier is not None and classifier.dim != head.dim:
-            raise ValueError(f"classifier.dim={classifier.dim} does not match the embedding dim {head.dim}")
         self.backbone = backbone
         self.head = head
-        self.classifier = classifier
         # The build_model arguments, so a checkpoint can rebuild the architecture; {} otherwise.
         self.config: dict[str, Any] = {}
 
@@ -81,33 +76,16 @@ class EmbeddingModel(nn.Module):
                 outputs[tap] = features[POOLED]
             elif tap in self.backbone.stage_channels:
                 outputs[tap] = torch.flatten(F.adaptive_avg_pool2d(features[tap], 1), 1)
-        if any(tap in (TAP_EMBEDDING, TAP_EMBEDDING_RAW, TAP_LOGITS) for tap in requested):
+        if any(tap in (TAP_EMBEDDING, TAP_EMBEDDING_RAW) for tap in requested):
             raw = self.head.project(features[POOLED])
-            embedding = self.head.finalize(raw)
             outputs[TAP_EMBEDDING_RAW] = raw
-            outputs[TAP_EMBEDDING] = embedding
-            if TAP_LOGITS in requested:
-                outputs[TAP_LOGITS] = self.classifier(embedding)
+            outputs[TAP_EMBEDDING] = self.head.finalize(raw)
         return {tap: outputs[tap] for tap in requested}
 
 
 def available_taps(model: EmbeddingModel) -> tuple[str, ...]:
     """The tap names ``model.extract`` accepts, head taps first, then backbone stages."""
-    taps = (TAP_EMBEDDING, TAP_EMBEDDING_RAW, TAP_PENULTIMATE, *reversed(tuple(model.backbone.stage_channels)))
-    return taps + ((TAP_LOGITS,) if model.classifier is not None else ())
-
-
-def tap_dims(model: EmbeddingModel) -> dict[str, int]:
-    """``{tap: feature dimension}`` for every tap of ``model`` (for sizing indexes)."""
-    dims = {
-        TAP_EMBEDDING: model.head.dim,
-        TAP_EMBEDDING_RAW: model.head.dim,
-        TAP_PENULTIMATE: model.backbone.out_features,
-        **model.backbone.stage_channels,
-    }
-    if model.classifier is not None:
-        dims[TAP_LOGITS] = model.classifier.num_classes
-    return {tap: dims[tap] for tap in available_taps(model)}
+    return (TAP_EMBEDDING, TAP_EMBEDDING_RAW, TAP_PENULTIMATE, *reversed(tuple(model.backbone.stage_channels)))
 
 
 def build_model(

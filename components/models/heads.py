@@ -3,9 +3,9 @@
 * :class:`EmbeddingHead` - linear projection to the embedding, optional BatchNorm1d, then L2
   normalisation times a scale. Retrieval ranks by dot products of normalised embeddings
   (squared distance = 2 - 2 * dot), so normalisation is on by default.
-* :class:`CosineClassifier` - logits = s * cos(f, w_c), the "cosine-distance classifier layer".
-  During training the losses in ``components.losses`` own their own class weights; this small
-  standalone module is for models exported with an inference-time classification head.
+
+Class scores (the cosine-distance classifier layer among them) belong to the losses in
+``components.losses``, which own their class weights.
 """
 
 from __future__ import annotations
@@ -75,32 +75,3 @@ class EmbeddingHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, dim={self.dim}, normalize={self.normalize}, scale={self.scale}"
-
-
-class CosineClassifier(nn.Module):
-    """``logits[b, c] = scale * cos(features[b], weight[c])``.
-
-    Both features and class weights are L2-normalised, so logits lie in [-scale, scale]; the
-    scale (typically 10-30) sets how peaked the softmax over classes can get.
-    """
-
-    def __init__(self, dim: int, num_classes: int, scale: float = 16.0) -> None:
-        super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_float("scale", scale)
-        self.dim = dim
-        self.num_classes = num_classes
-        self.scale = float(scale)
-        self.weight = nn.Parameter(torch.empty(num_classes, dim))
-        # Direction is all that matters for a cosine layer: any isotropic initialisation works.
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(dim))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.dim() != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"CosineClassifier expects features [B, {self.dim}], got shape {tuple(features.shape)}")
-        cosine = F.normalize(features, dim=1, eps=_NORM_EPS) @ F.normalize(self.weight, dim=1, eps=_NORM_EPS).t()
-        return cosine * self.scale
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_classes={self.num_classes}, scale={self.scale}"

@@ -1,10 +1,10 @@
-"""Embedding head and cosine classifier against direct numpy references."""
+"""Embedding head against direct numpy references."""
 
 import numpy as np
 import pytest
 import torch
 
-from components.models import CosineClassifier, EmbeddingHead
+from components.models import EmbeddingHead
 
 
 @pytest.mark.parametrize("scale", (1.0, 4.0))
@@ -51,22 +51,3 @@ def test_head_argument_errors(kwargs, match):
 def test_head_rejects_wrong_feature_width():
     with pytest.raises(ValueError, match=r"\[B, 4\].*\(2, 5\)"):
         EmbeddingHead(4)(torch.randn(2, 5))
-
-
-def test_cosine_classifier_matches_reference():
-    classifier = CosineClassifier(dim=5, num_classes=7, scale=10.0)
-    features = torch.randn(4, 5)
-    logits = classifier(features).detach().numpy()
-    f, w = features.numpy(), classifier.weight.detach().numpy()
-    expected = np.array([[10.0 * fi @ wc / (np.linalg.norm(fi) * np.linalg.norm(wc)) for wc in w] for fi in f])
-    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-    assert np.abs(logits).max() <= 10.0 + 1e-5
-    # Invariant to the features' norm: only directions matter.
-    torch.testing.assert_close(classifier(3.0 * features), classifier(features))
-
-
-def test_cosine_classifier_errors():
-    with pytest.raises(ValueError, match="num_classes"):
-        CosineClassifier(4, 0, 10.0)
-    with pytest.raises(ValueError, match=r"\[B, 4\]"):
-        CosineClassifier(4, 3, 10.0)(torch.randn(2, 3))
