@@ -86,7 +86,3 @@ DEFAULT_RECALL_KS = (1, 2, 4, 8, 16, 32)
 # MLflow keys may not contain '@': R@1 is logged as R_at_1, MAP@R as MAP_at_R.
 def mlflow_key(name: str) -> str:
     return name.replace("@", "_at_")
-
-
-def from_mlflow_key(key: str) -> str:
-    return key.replace("_at_", "@")

@@ -21,7 +21,7 @@ everything its render needs, so workers share no state.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -71,10 +71,6 @@ class SyntheticSpec:
         if unknown:
             raise ValueError(f"unknown SyntheticSpec field(s) {unknown}; valid fields: {list(valid)}")
         return replace(self, **overrides)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values (for logging the dataset definition, e.g. as MLflow params)."""
-        return asdict(self)
 
 
 def spec_field_names() -> tuple[str, ...]:

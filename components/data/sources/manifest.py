@@ -35,9 +35,6 @@ from components.data.records import (
 from components.data.sources.base import Source, SourceConfig
 from components.data.sources.folder import read_file_bytes
 
-# Optional columns with a meaning of their own; every other column is carried as metadata.
-GEO_TIME_COLUMNS = tuple(METADATA_PARSERS)
-
 
 class ManifestConfig(SourceConfig):
     source: Literal["manifest"] = "manifest"
