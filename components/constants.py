@@ -48,6 +48,12 @@ SOURCE = "source"          # where the sample came from (path, scene id, ...)
 ATTRIBUTES = "attributes"  # continuous labels (e.g. length_m, width_m) for log-ratio loss
 SHA256 = "sha256"          # of the raw input bytes (duplicates / conflicting labels)
 
+# Optional sample metadata that ingest checks and the index's search filters read.
+LONGITUDE = "lon"          # degrees, WGS84
+LATITUDE = "lat"
+TIME = "time"              # acquisition time
+SCENE_ID = "scene_id"      # the scene (e.g. GeoTIFF) a chip was cut from
+
 # --- rejection reasons ---------------------------------------------------------------------
 REJECT_EMPTY = "empty_file"
 REJECT_UNREADABLE = "unreadable"
@@ -73,6 +79,9 @@ METRIC_MAP = "mAP"
 METRIC_MAP_AT_R = "MAP@R"
 METRIC_R_PRECISION = "R-precision"
 METRIC_ACCURACY = "accuracy"
+# Counts that `retrieval_metrics` adds to its metrics (logged to MLflow with them).
+NUM_QUERIES = "num_queries"
+NUM_QUERIES_WITHOUT_RELEVANT = "num_queries_without_relevant"
 
 
 def recall_at(k: int) -> str:

@@ -18,7 +18,6 @@ from components import constants as C
 from components.data.versions import open_version
 from components.errors import ConfigError, MissingDataError
 from components.index.embedding import embed_split
-from components.index.filters import LATITUDE, LONGITUDE, SCENE_ID, TIME
 from components.storage import Store
 from components.storage.layout import INDEX_SOURCE_FILENAME
 from components.tracking import RunLogger
@@ -27,8 +26,8 @@ from pipelines.context import StageContext, stage_context
 from pipelines.ray_session import cluster_has_gpus
 from pipelines.runs import TrainedRun, trained_runs
 
-# The metadata columns search filters read (named once, in components.index.filters).
-GEO_TIME_FIELDS = (LONGITUDE, LATITUDE, TIME, SCENE_ID)
+# The metadata columns search filters read (named once, in components.constants).
+GEO_TIME_FIELDS = (C.LONGITUDE, C.LATITUDE, C.TIME, C.SCENE_ID)
 
 
 def choose_run(config: Config, runs: list[TrainedRun], metrics: dict[str, dict] | None = None) -> TrainedRun:
@@ -53,10 +52,10 @@ def metadata_table(embedded) -> pd.DataFrame:
         row.update({name: extra.get(name) for name in GEO_TIME_FIELDS})
         rows.append(row)
     table = pd.DataFrame(rows)
-    for name in (LONGITUDE, LATITUDE):
+    for name in (C.LONGITUDE, C.LATITUDE):
         table[name] = pd.to_numeric(table[name], errors="coerce")
-    if table[TIME].notna().any():
-        table[TIME] = pd.to_datetime(table[TIME], errors="coerce", utc=True)
+    if table[C.TIME].notna().any():
+        table[C.TIME] = pd.to_datetime(table[C.TIME], errors="coerce", utc=True)
     return table
 
 

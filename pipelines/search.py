@@ -8,10 +8,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from components import constants as C
 from components.errors import ConfigError
 from components.storage import Store
 from components.storage.layout import INDEX_SOURCE_FILENAME
 
+# Columns of a search result shown (and returned), in this order, where the index has them.
+RESULT_COLUMNS = ("rank", "score", C.KEY, C.LABEL, C.SPLIT, C.LONGITUDE, C.LATITUDE, C.TIME, C.SCENE_ID)
 
 def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
     """(chip as the dataset stores it, its embedding) for an image file, embedded through the
@@ -54,7 +57,7 @@ def run_search(index_uri: str, image: str | None, embedding: str | None, k: int,
         if chip is None:
             raise ConfigError("--grid needs --image (the query chip is drawn first)")
         write_grid(chip, results, source["dataset"], grid, query_label)
-    columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
+    columns = [c for c in RESULT_COLUMNS if c in results]
     shown = results[columns].astype(object)
     return {"stage": "search", "index": index_uri, "results": shown.where(shown.notna(), None).to_dict(orient="records"),
             "counts": {"results": int(len(results))}, "grid": grid}
@@ -62,9 +65,9 @@ def run_search(index_uri: str, image: str | None, embedding: str | None, k: int,
 
 def render(results, query: str) -> Table:
     table = Table(title=f"nearest chips to {query}")
-    columns = [c for c in ("rank", "score", "key", "label", "split", "lon", "lat", "time", "scene_id") if c in results]
+    columns = [c for c in RESULT_COLUMNS if c in results]
     for column in columns:
-        table.add_column(column, justify="right" if column in ("rank", "score", "lon", "lat") else "left")
+        table.add_column(column, justify="right" if column in ("rank", "score", C.LONGITUDE, C.LATITUDE) else "left")
     for _, row in results.iterrows():
         table.add_row(*[f"{row[c]:.4f}" if c == "score" else ("" if row[c] is None or row[c] != row[c] else str(row[c]))
                         for c in columns])

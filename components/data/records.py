@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from components.constants import LATITUDE, LONGITUDE, TIME
+
 
 class Rejection(Exception):
     """An input that cannot become a sample, with a reason from `components.constants.REJECT_*`."""
@@ -90,9 +92,6 @@ def safe_key(name: str) -> str:
 # Metadata that search filters and split protocols read is checked at ingest, like pixels: a
 # value that does not parse rejects its input (REJECT_BAD_METADATA), so a geo filter never
 # compares text and one bad row never changes the type of the good rows' values.
-LONGITUDE, LATITUDE, TIME = "lon", "lat", "time"
-
-
 def is_missing(value: Any) -> bool:
     """None, NaN, NaT or a blank string: metadata that is simply absent (kept as None)."""
     if value is None or (isinstance(value, str) and not value.strip()):

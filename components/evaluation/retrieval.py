@@ -75,6 +75,8 @@ from components.constants import (
     METRIC_MAP,
     METRIC_MAP_AT_R,
     METRIC_R_PRECISION,
+    NUM_QUERIES,
+    NUM_QUERIES_WITHOUT_RELEVANT,
     recall_at,
 )
 from components.evaluation._inputs import (
@@ -87,9 +89,8 @@ from components.evaluation._inputs import (
 from components.evaluation._kernels import kernels_for
 from components.evaluation.ranking import MAX_FLAT_BINS, build_gallery_layout, rank_relevant_items
 
-# Extra keys of the metrics dict. TODO(lead): move to components.constants if MLflow logs them.
-NUM_QUERIES = "num_queries"
-NUM_QUERIES_WITHOUT_RELEVANT = "num_queries_without_relevant"
+# Extra keys of the returned dict (arrays and dicts, never MLflow metrics); the two counts it
+# adds to the metrics, NUM_QUERIES and NUM_QUERIES_WITHOUT_RELEVANT, are in components.constants.
 PER_CLASS_AP = "per_class_AP"          # dict label -> AP (only with return_per_class=True)
 PR_RECALL = "pr_recall"                # np.ndarray of recall levels (return_pr_curve=True)
 PR_PRECISION = "pr_precision"          # np.ndarray, mean interpolated precision per level

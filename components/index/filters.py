@@ -15,13 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.constants import LABEL
-
-# Metadata columns the filters read. TODO(lead): move to components.constants.
-LONGITUDE = "lon"
-LATITUDE = "lat"
-TIME = "time"
-SCENE_ID = "scene_id"
+# The metadata columns the filters read, named once in components.constants (ingest writes them).
+from components.constants import LABEL, LATITUDE, LONGITUDE, SCENE_ID, TIME
 
 
 def _as_set(values: Iterable[Any] | None, name: str) -> frozenset | None:

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 INDEX_SCHEMA_VERSION = 1
-# File names and metadata columns of an index directory. TODO(lead): move to components.constants.
+# File names and metadata columns of an index directory: its format is the index package's own;
+# readers (search, components.release) import them from here.
 INDEX_MANIFEST_FILENAME = "index.json"
 INDEX_METADATA_FILENAME = "metadata.parquet"
 ID_COLUMN = "id"

@@ -90,12 +90,12 @@ class GeoTiffSource(Source):
                     crs, transform, width, height = dataset.crs, dataset.transform, dataset.width, dataset.height
             except Exception as exc:  # any rasterio failure means the scene is unusable
                 items.append(SourceItem(key=f"{scene_id}/scene", label=None, locator={"scene": str(scene)},
-                                        metadata={"scene_id": scene_id}, reject_reason=C.REJECT_CORRUPT,
+                                        metadata={C.SCENE_ID: scene_id}, reject_reason=C.REJECT_CORRUPT,
                                         reject_detail=f"cannot open scene: {exc}"))
                 continue
             if not annotations.is_file():
                 items.append(SourceItem(key=f"{scene_id}/annotations", label=None, locator={"scene": str(scene)},
-                                        metadata={"scene_id": scene_id}, reject_reason=C.REJECT_MISSING_LABEL,
+                                        metadata={C.SCENE_ID: scene_id}, reject_reason=C.REJECT_MISSING_LABEL,
                                         reject_detail=f"no annotations at {annotations}"))
                 continue
             features = json.loads(annotations.read_text()).get("features", [])
@@ -116,7 +116,7 @@ class GeoTiffSource(Source):
                 if cfg.superclass_property and props.get(cfg.superclass_property) is not None else None
             ),
             locator={"scene": str(scene)},
-            metadata={"scene_id": scene_id, "crs": str(crs), C.SOURCE: f"{scene.name}#{index}",
+            metadata={C.SCENE_ID: scene_id, "crs": str(crs), C.SOURCE: f"{scene.name}#{index}",
                       **{k: v for k, v in props.items() if k not in (cfg.class_property, cfg.superclass_property)}},
         )
         try:
@@ -140,7 +140,7 @@ class GeoTiffSource(Source):
         window = {"col_off": col_off, "row_off": row_off, "width": side_w, "height": side_h}
         lon, lat = rasterio.warp.transform(crs, "EPSG:4326", [xs[2]], [ys[2]]) if crs else ([None], [None])
         item.locator["window"] = window
-        item.metadata.update({"window": window, "lon": lon[0], "lat": lat[0]})
+        item.metadata.update({"window": window, C.LONGITUDE: lon[0], C.LATITUDE: lat[0]})
         if item.label is None:
             item.reject_reason, item.reject_detail = C.REJECT_MISSING_LABEL, f"feature {index} has no {cfg.class_property!r}"
         inside = col_off >= 0 and row_off >= 0 and col_off + side_w <= width and row_off + side_h <= height
