@@ -66,13 +66,12 @@ REJECT_DUPLICATE = "duplicate"                     # byte-identical image twice 
 REJECT_TOO_SMALL = "too_small"
 REJECT_OUT_OF_BOUNDS = "out_of_bounds"             # geotiff annotation outside its scene
 REJECT_WRONG_BANDS = "wrong_band_count"            # fewer bands than shard.channels asks for
+REJECT_BAD_METADATA = "bad_metadata"               # lon/lat/time/split/attribute that does not parse or is out of range
 REJECT_REASONS = (
     REJECT_EMPTY, REJECT_UNREADABLE, REJECT_TRUNCATED, REJECT_CORRUPT, REJECT_UNKNOWN_FORMAT,
     REJECT_MISSING_LABEL, REJECT_CONFLICTING_LABELS, REJECT_DUPLICATE, REJECT_TOO_SMALL,
-    REJECT_OUT_OF_BOUNDS, REJECT_WRONG_BANDS,
+    REJECT_OUT_OF_BOUNDS, REJECT_WRONG_BANDS, REJECT_BAD_METADATA,
 )
-REJECT_BAD_METADATA = "bad_metadata"               # lon/lat/time/split/attribute that does not parse or is out of range
-REJECT_REASONS += (REJECT_BAD_METADATA,)
 
 # --- metric names (evaluation, MLflow, compare) --------------------------------------------
 METRIC_MAP = "mAP"

@@ -77,6 +77,7 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
         result = evaluate_retrieval(unseen.features[tap], unseen.labels, ks, query_mask=query, gallery_mask=gallery,
                                     device=device, return_per_class=True, return_pr_curve=True)
         metrics[tap] = dict(result.metrics)
+        assert result.pr_recall is not None and result.pr_precision is not None  # return_pr_curve=True
         curves[tap] = (result.pr_recall, result.pr_precision)
         per_class[tap] = {str(k): float(v) for k, v in (result.per_class_ap or {}).items()}
     return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)

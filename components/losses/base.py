@@ -199,6 +199,7 @@ class ParametricLoss(MetricLoss):
     """A loss that owns per-class trainable tensors (proxies or classifier weights)."""
 
     has_parameters: ClassVar[bool] = True
+    num_classes: int   # always set here (MetricLoss's is None for losses without class tensors)
 
     def __init__(self, num_classes: int, embedding_dim: int):
         super().__init__()
