@@ -211,18 +211,18 @@ class IndexedSplit(tud.Dataset):
         index = self.index
         return self.reader.chip(index.shards[index.shard_ids[position]], index.offsets[position], index.sizes[position])
 
-    def read_batch(self, positions: Sequence[int]) -> np.ndarray:
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) == 0:
+    def read_batch(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(positions, dtype=np.int64)
+        if len(rows) == 0:
             return np.zeros((0, 0, 0), np.uint8)
         # Read in (shard, offset) order so consecutive ranged reads stay near each other.
-        order = np.lexsort((self.index.offsets[positions], self.index.shard_ids[positions]))
-        chips: list[np.ndarray | None] = [None] * len(positions)
+        order = np.lexsort((self.index.offsets[rows], self.index.shard_ids[rows]))
+        chips: list[np.ndarray] = [np.empty(0)] * len(rows)
         for i in order:
-            chips[i] = self[int(positions[i])]
+            chips[i] = self[int(rows[i])]
         return np.stack(chips)
 
-    def __getitems__(self, positions: Sequence[int]) -> np.ndarray:
+    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
         return self.read_batch(positions)
 
 

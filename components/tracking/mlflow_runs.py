@@ -25,7 +25,8 @@ def default_tracking_uri(storage_root: str) -> str:
     return f"sqlite:///{root}/mlflow.db"
 
 
-def _client(tracking_uri: str):
+def _client(tracking_uri: str | None):
+    # None: MLflow's default store (MLFLOW_TRACKING_URI, else MLflow's own default).
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -82,7 +83,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunLogger:
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str | None, run_id: str):
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.client = _client(tracking_uri)
 

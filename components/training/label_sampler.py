@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class LabelNeighbourBatchSampler:
         self.batches_per_epoch = int(batches_per_epoch or math.ceil(num_samples / batch_size))
         self.epoch, self.start_batch, self.position = 0, 0, 0
         self._plan_cache: tuple[int, np.ndarray, list[dict[int, np.ndarray]]] | None = None
-        self._tree = None  # KD-tree over the labels, built on first use
+        self._tree: Any = None  # sklearn KDTree over the labels, built on first use
 
     # --- epoch state (as PKBatchSampler) ------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -170,7 +171,8 @@ class LabelNeighbourBatchSampler:
         order, position = rng.permutation(num_samples), 0
         for t in range(self.batches_per_epoch):
             in_batch = np.zeros(num_samples, dtype=bool)
-            parts, groups = [], {}
+            parts: list[np.ndarray] = []
+            groups: dict[int, np.ndarray] = {}
             while len(groups) < self.anchors_per_batch:
                 if position == num_samples:  # every sample was an anchor: a new pass
                     order, position = rng.permutation(num_samples), 0

@@ -73,7 +73,8 @@ class LocalReporter:
     metrics kept in `history` (and passed to `on_report` when given)."""
 
     def __init__(self, folder_uri: str, on_report=None):
-        self.store, self.on_report, self.history = Store(folder_uri), on_report, []
+        self.store, self.on_report = Store(folder_uri), on_report
+        self.history: list[dict[str, Any]] = []
 
     def device(self, config: TrainConfig) -> torch.device:
         return _local_device(config)
@@ -236,7 +237,7 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
     superclasses = superclass_indices(version.manifest, classes) if needs_superclasses(job.loss.name) else None
     params = loss_arguments(job.loss, len(classes), model.embedding_dim, superclasses)
     loss = build_loss(job.loss.name, **params)
-    continuous = attribute_labels(index.metas, job.loss.attributes) if continuous_kind else None
+    continuous = attribute_labels(index.metas or [], job.loss.attributes) if continuous_kind else None
     index.metas = None   # only the labels were needed: free the parsed metadata
     labels = torch.from_numpy(continuous if continuous is not None else index.labels)
     if cfg.init_from:
@@ -257,7 +258,7 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
     optimizer = build_optimizer(inner.model, inner.loss, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.loss_lr_multiplier)
     scheduler = build_scheduler(optimizer, cfg.epochs * len(sampler), int(cfg.warmup_epochs * len(sampler)))
 
-    state = {"epoch": 0, "best": -1.0, "train_seconds": 0.0, "resumed_from": None}
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "train_seconds": 0.0, "resumed_from": None}
     saved = reporter.load_checkpoint()
     if saved:
         inner.model.load_state_dict(saved["model"])
@@ -266,7 +267,7 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "resumed_from": saved["state"]["epoch"]}
 
-    logger = _Rank0Logger(job) if rank == 0 else None
+    logger = _Rank0Logger(job, rank)
     metrics: dict[str, Any] = {}
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.time()
@@ -334,11 +335,11 @@ def _maybe_inject_failure(job: TrainJob, epoch: int, rank: int, world: int) -> N
 
 
 class _Rank0Logger:
-    """MLflow logging from rank 0 (no-op when the run has no tracking settings)."""
+    """MLflow logging from rank 0 (no-op on other ranks, and when the run has no tracking settings)."""
 
-    def __init__(self, job: TrainJob):
+    def __init__(self, job: TrainJob, rank: int):
         self.logger = None
-        if job.tracking.run_id:
+        if rank == 0 and job.tracking.run_id:
             from components.tracking import RunLogger
 
             self.logger = RunLogger(job.tracking.uri, job.tracking.run_id)

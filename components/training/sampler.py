@@ -302,7 +302,7 @@ class PKBatchSampler:
             perms = rng.permuted(np.tile(members, (count, 1)), axis=1)
             return perms[:, np.arange(k) % len(members)]
         full = len(members) // k
-        rows = []
+        rows: list[np.ndarray] = []
         while sum(len(r) for r in rows) < count:
             perm = rng.permutation(members)
             rows.append(perm[:full * k].reshape(full, k))
