@@ -44,7 +44,7 @@ from components.storage import Store
 @dataclass
 class Sample:
     key: str
-    image: np.ndarray          # uint8, H×W (grayscale) or H×W×C
+    image: np.ndarray | bytes  # uint8, H×W (grayscale) or H×W×C; the encoded chip with decode=False
     label: str                 # class name
     label_index: int           # index of `label` in the split's class list
     meta: dict[str, Any]       # the sample's .json member (split, role, superclass, ...)
@@ -192,7 +192,7 @@ class ChipReader:
         return {"root_uri": self.root_uri, "cache_bytes": self.cache_bytes, "max_open_files": self.max_open_files}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
+        ChipReader.__init__(self, **state)
 
 
 class IndexedSplit(tud.Dataset):

@@ -179,7 +179,8 @@ def parse_fields(values: Mapping[str, Any], parsers: Mapping[str, Callable[[Any]
     Returns the parsed fields and one problem per bad field ("column 'lon' = 'x': not a
     number"), so a rejection names the column, the value and the reason, all of them at once.
     """
-    parsed, problems = {}, []
+    parsed: dict[str, Any] = {}
+    problems: list[str] = []
     for name, parse in parsers.items():
         if name not in values:
             continue

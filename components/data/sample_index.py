@@ -77,7 +77,9 @@ def scan_shard(version: DatasetVersion, shard: dict) -> list[dict]:
             if suffix in C.WDS_CHIP_MEMBERS:
                 row.update({COL_OFFSET: member.offset_data, COL_SIZE: member.size, COL_MEMBER: suffix})
             elif suffix == C.WDS_META:
-                row[COL_META] = tar.extractfile(member).read().decode("utf-8")
+                handle = tar.extractfile(member)
+                assert handle is not None  # None only for non-files, skipped above
+                row[COL_META] = handle.read().decode("utf-8")
     incomplete = [key for key, row in rows.items() if COL_OFFSET not in row or COL_META not in row]
     if incomplete:
         raise ValueError(f"shard {shard['name']}: sample(s) {incomplete[:3]} lack a chip ({list(C.WDS_CHIP_MEMBERS)}) "

@@ -59,6 +59,7 @@ def load_subset(root: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
 class FashionMnistSource(Source):
     name: ClassVar[str] = "fashion_mnist"
     Config: ClassVar[type[SourceConfig]] = FashionMnistConfig
+    config: FashionMnistConfig   # what `Source.__init__` stores: this source's own config
 
     @property
     def natural_size(self) -> int:

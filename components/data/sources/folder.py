@@ -39,6 +39,7 @@ class FolderSource(Source):
 
     name: ClassVar[str] = "folder"
     Config: ClassVar[type[SourceConfig]] = FolderConfig
+    config: FolderConfig   # what `Source.__init__` stores: this source's own config
 
     def list_items(self) -> list[SourceItem]:
         root = Path(self.config.root).expanduser()

@@ -62,6 +62,7 @@ def _feature_box(geometry: dict[str, Any]) -> tuple[float, float, float, float]:
 class GeoTiffSource(Source):
     name: ClassVar[str] = "geotiff"
     Config: ClassVar[type[SourceConfig]] = GeoTiffConfig
+    config: GeoTiffConfig   # what `Source.__init__` stores: this source's own config
 
     @property
     def natural_size(self) -> int | None:

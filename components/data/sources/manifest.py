@@ -59,6 +59,7 @@ def _plain(value: Any) -> Any:
 class ManifestSource(Source):
     name: ClassVar[str] = "manifest"
     Config: ClassVar[type[SourceConfig]] = ManifestConfig
+    config: ManifestConfig   # what `Source.__init__` stores: this source's own config
 
     def parsers(self) -> dict[str, Any]:
         """Column -> parser for every column whose values are checked at listing."""
@@ -141,7 +142,7 @@ class ManifestSource(Source):
         for n, item in rows:
             if item is not keeper:
                 item.key = safe_key(f"{item.metadata[C.SOURCE]}#row{n}")
-        labels = sorted({item.label for _, item in acceptable})
+        labels = sorted({item.label for _, item in acceptable if item.label is not None})
         if len(labels) > 1:
             numbers = [n for n, _ in acceptable]
             for n, item in acceptable:

@@ -66,6 +66,7 @@ def _items_of(config_json: str):
 class SyntheticCarsSource(Source):
     name: ClassVar[str] = "synthetic_cars"
     Config: ClassVar[type[SourceConfig]] = SyntheticCarsConfig
+    config: SyntheticCarsConfig   # what `Source.__init__` stores: this source's own config
 
     @property
     def natural_size(self) -> int:
