@@ -21,6 +21,7 @@ import numbers
 import random
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -64,7 +65,7 @@ class NuisanceConfig:
             if not 0.0 <= value < 0.5:
                 raise ValueError(f"NuisanceConfig.{name} must be in [0, 0.5), got {value!r}")
 
-    def with_fields(self, **changes: float | bool) -> NuisanceConfig:
+    def with_fields(self, **changes: Any) -> NuisanceConfig:
         """A copy with some fields changed; unknown names are a ValueError listing the valid ones."""
         valid = [f.name for f in fields(self)]
         unknown = sorted(set(changes) - set(valid))
@@ -119,7 +120,7 @@ def _check_inputs(model, instance_seed, size, gsd_m, channels, jpeg_quality) -> 
         raise ValueError(f"instance_seed must be a non-negative int, got {instance_seed!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an int in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
-    if gsd_m is not None and not (isinstance(gsd_m, numbers.Real) and math.isfinite(gsd_m) and gsd_m > 0):
+    if gsd_m is not None and not (isinstance(gsd_m, numbers.Real) and math.isfinite(gsd_m) and float(gsd_m) > 0):
         raise ValueError(f"gsd_m must be a positive number of metres per pixel or None, got {gsd_m!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
@@ -135,7 +136,7 @@ def _compass(bearing_deg: float) -> np.ndarray:
 
 # How each polygon role is coloured: (base, factor) scales the instance's paint or the model's
 # secondary colour (shading of curved flanks, roof catching more light); a tuple is fixed.
-_ROLE_RECIPES = {
+_ROLE_RECIPES: dict[str, tuple[Any, ...]] = {
     "edge": ("paint", 0.60), "edge_mid": ("paint", 0.82), "top": ("paint", 1.0),
     "roof": ("paint", 1.05), "roof_panel": ("paint", 1.1), "mirror": ("paint", 0.8), "bed": ("paint", 0.42),
     "box_edge": ("secondary", 0.68), "box_edge_mid": ("secondary", 0.85), "box_top": ("secondary", 1.0),
@@ -160,8 +161,8 @@ def _vehicle_inks(mode: str, paint, secondary, sky: float) -> dict:
                        else _fixed_ink(mode, recipe))
                 for role, recipe in _ROLE_RECIPES.items()}
     else:
-        bases = {"paint": paint, "secondary": secondary}
-        inks = {role: (ink(mode, scale(bases[recipe[0]], recipe[1])) if isinstance(recipe[0], str)
+        colours = {"paint": paint, "secondary": secondary}
+        inks = {role: (ink(mode, scale(colours[recipe[0]], recipe[1])) if isinstance(recipe[0], str)
                        else _fixed_ink(mode, recipe))
                 for role, recipe in _ROLE_RECIPES.items()}
     inks["glass"] = ink(mode, (sky * 0.9, sky * 0.95, sky * 1.12))

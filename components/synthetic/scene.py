@@ -50,8 +50,13 @@ _CAR_SCENE_WEIGHTS = (0.5, 0.3, 0.2)
 def ink(mode: str, rgb: RGB) -> int | tuple[int, int, int]:
     """A PIL fill value for a display-level colour in image mode 'L' or 'RGB'."""
     if mode == "L":
-        return min(255, max(0, int(255.0 * luminance(rgb) + 0.5)))
-    return tuple(min(255, max(0, int(255.0 * v + 0.5))) for v in rgb)
+        return _byte(luminance(rgb))
+    return (_byte(rgb[0]), _byte(rgb[1]), _byte(rgb[2]))
+
+
+def _byte(level: float) -> int:
+    """A display level in [0, 1] as a 0-255 PIL value (rounded, clipped)."""
+    return min(255, max(0, int(255.0 * level + 0.5)))
 
 
 def mix(a: RGB, b: RGB, t: float) -> RGB:
