@@ -25,12 +25,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np
 import torch
+from common import machine_load  # bench/common.py (scripts run from bench/)
 
-from bench.common import machine_load
 from components import constants as C
 
 # The quickstart's model and train settings (conf/quickstart.yaml), first run: triplet.

@@ -23,16 +23,13 @@ import io
 import os
 import shutil
 import statistics
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+from common import machine_load  # bench/common.py (scripts run from bench/)
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_load  # bench/common.py, on the path above
 
 
 def write_chips(folder: Path, size: int, count: int) -> int:
