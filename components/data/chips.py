@@ -35,6 +35,7 @@ from components.data import decode
 from components.data.records import Rejection, SourceItem
 from components.data.sources import Source, source_from_dict
 from components.storage import Store, sha256_bytes
+from components.storage.layout import SHARDS_DIR
 
 # Rows per Ray Data block: large enough that per-task overhead (~10 ms) is small next to the
 # decoding (~0.1 ms a chip), small enough that a few blocks per CPU balance the load.
@@ -178,7 +179,7 @@ def write_shard(name: str, members: list[tuple[str, bytes, int, int]], root_uri:
     store = Store(root_uri)
     if fault == "mid_shard_write":
         partial = f"{name}.tmp-injected-{os.getpid()}"
-        store.fs.create_dir(store.path("shards"), recursive=True)
+        store.fs.create_dir(store.path(SHARDS_DIR), recursive=True)
         with store.fs.open_output_stream(store.path(partial)) as stream:
             stream.write(data[: len(data) // 2])
         raise RuntimeError(f"injected fault ({FAULT_ENV}=mid_shard_write) while writing {name}")

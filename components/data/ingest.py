@@ -35,8 +35,9 @@ from components.data.records import SourceItem
 from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_metadata_bytes
 from components.data.sources import Source
 from components.data.splits import ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class, split_classes
-from components.data.versions import latest_path, latest_version, list_versions, manifest_path
-from components.storage import Store, sha256_json
+from components.data.versions import latest_version, list_versions
+from components.storage import Layout, Store, sha256_json
+from components.storage.layout import SHARDS_DIR
 
 __all__ = ["FAULT_ENV", "ImageSpec", "IngestResult", "ingest"]
 
@@ -102,9 +103,9 @@ def sample_metadata(item: SourceItem, raw_sha256: str, split: str, role: str) ->
 def previous_class_split(store: Store, dataset: str, spec: SplitSpec) -> tuple[str | None, ClassSplit | None]:
     """The latest version's class assignment, if it was made with the same protocol, seed and fraction."""
     parent = latest_version(store, dataset)
-    if parent is None or not store.exists(manifest_path(dataset, parent)):
+    if parent is None or not store.exists(Layout.manifest(dataset, parent)):
         return None, None
-    split = store.read_json(manifest_path(dataset, parent))["split"]
+    split = store.read_json(Layout.manifest(dataset, parent))["split"]
     same = (split["seed"], split["seen_fraction"], split.get("protocol", C.PROTOCOL_CLASSES)) == (
         spec.seed, spec.seen_fraction, spec.protocol)
     if not same:
@@ -116,7 +117,7 @@ def known_shard_records(store: Store, dataset: str) -> dict[str, dict]:
     """Shard records from every published version of `dataset` (to reuse without re-hashing)."""
     records = {}
     for version in list_versions(store, dataset):
-        for shard in store.read_json(manifest_path(dataset, version))["shards"]:
+        for shard in store.read_json(Layout.manifest(dataset, version))["shards"]:
             records[shard["name"]] = shard
     return records
 
@@ -212,14 +213,14 @@ def ingest(
     }
     version = sha256_json(identity)[:16]
     lap("decide")
-    result = IngestResult(dataset, version, store.uri_of(manifest_path(dataset, version)), False, {}, timings=timings)
-    if store.exists(manifest_path(dataset, version)):
+    result = IngestResult(dataset, version, store.uri_of(Layout.manifest(dataset, version)), False, {}, timings=timings)
+    if store.exists(Layout.manifest(dataset, version)):
         log(f"version {version} is already published: nothing to write")
-        result.manifest = store.read_json(manifest_path(dataset, version))
+        result.manifest = store.read_json(Layout.manifest(dataset, version))
         result.seconds = time.time() - started
         return result
 
-    result.temporaries_removed = store.remove_temporaries("shards")
+    result.temporaries_removed = store.remove_temporaries(SHARDS_DIR)
     missing = [p for p in plans if not store.exists(p.name)]
     result.shards_written, result.shards_reused = len(missing), len(plans) - len(missing)
     log(f"writing {len(missing)} shard(s), reusing {len(plans) - len(missing)}")
@@ -248,8 +249,8 @@ def ingest(
             "shards": len(plans), "bytes": sum(s["bytes"] for s in shard_records),
         },
     }
-    store.write_json(manifest_path(dataset, version), manifest)  # the version exists from here on
-    store.write_json(latest_path(dataset), {"version": version})
+    store.write_json(Layout.manifest(dataset, version), manifest)  # the version exists from here on
+    store.write_json(Layout.latest(dataset), {"version": version})
     lap("publish")
     log("seconds per step: " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     result.created, result.manifest = True, manifest

@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components import constants as C
-from components.data.versions import DatasetVersion, manifest_path
+from components.data.versions import DatasetVersion
+from components.storage import Layout
 
 SAMPLE_INDEX_FILENAME = "samples.parquet"
 INDEX_FORMAT = "1"
@@ -59,7 +60,7 @@ _MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 def sample_index_path(version: DatasetVersion) -> str:
     """Path of the index relative to the version's store root."""
-    return posixpath.join(posixpath.dirname(manifest_path(version.dataset, version.version)), SAMPLE_INDEX_FILENAME)
+    return posixpath.join(posixpath.dirname(Layout.manifest(version.dataset, version.version)), SAMPLE_INDEX_FILENAME)
 
 
 def scan_shard(version: DatasetVersion, shard: dict) -> list[dict]:

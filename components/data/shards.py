@@ -17,9 +17,8 @@ import tarfile
 from dataclasses import dataclass
 
 from components import constants as C
-from components.storage import canonical_json, sha256_bytes, sha256_json
+from components.storage import Layout, canonical_json, sha256_bytes, sha256_json
 
-SHARDS_DIR = "shards"
 TAR_MTIME = 0  # fixed member timestamps: the same samples give the same tar bytes
 
 
@@ -59,7 +58,7 @@ def plan_shards(
     for split in C.SPLITS:
         for chunk in chunk_keys(sorted(keys_by_split.get(split, [])), samples_per_shard):
             digest = sha256_json({"split": split, "samples": [[k, sample_ids[k]] for k in chunk]})[:20]
-            plans.append(ShardPlan(name=f"{SHARDS_DIR}/{split}-{digest}.tar", split=split, keys=tuple(chunk)))
+            plans.append(ShardPlan(name=Layout.shard(split, digest), split=split, keys=tuple(chunk)))
     return plans
 
 

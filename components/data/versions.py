@@ -1,6 +1,6 @@
-"""Dataset versions on the store: where manifests live and how to open one.
+"""Dataset versions on the store: how to find and open one.
 
-Layout under the storage root::
+Where they live (`components.storage.layout`)::
 
     shards/<split>-<content hash>.tar          shared by every version that holds them
     datasets/<name>/<version>/manifest.json    one per version, written last and atomically
@@ -12,29 +12,17 @@ before the manifest are complete but unreferenced, and are reused by the next ru
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from components import constants as C
-from components.storage import Store
-
-DATASETS_DIR = "datasets"
-LATEST_FILENAME = "LATEST.json"
-
-
-def manifest_path(dataset: str, version: str) -> str:
-    return f"{DATASETS_DIR}/{dataset}/{version}/{C.MANIFEST_FILENAME}"
-
-
-def latest_path(dataset: str) -> str:
-    return f"{DATASETS_DIR}/{dataset}/{LATEST_FILENAME}"
+from components.storage import Layout, Store
 
 
 def latest_version(store: Store, dataset: str) -> str | None:
-    if not store.exists(latest_path(dataset)):
+    if not store.exists(Layout.latest(dataset)):
         return None
-    return store.read_json(latest_path(dataset))["version"]
+    return store.read_json(Layout.latest(dataset))["version"]
 
 
 def protocol(manifest: dict[str, Any]) -> str:
@@ -51,7 +39,7 @@ def retrieval_split(manifest: dict[str, Any]) -> str:
 
 def list_versions(store: Store, dataset: str) -> list[str]:
     """Published versions (those with a manifest) of `dataset`."""
-    return [v for v in store.list_dirs(f"{DATASETS_DIR}/{dataset}") if store.exists(manifest_path(dataset, v))]
+    return [v for v in store.list_dirs(Layout.dataset_versions(dataset)) if store.exists(Layout.manifest(dataset, v))]
 
 
 @dataclass
@@ -71,7 +59,7 @@ class DatasetVersion:
 
     @property
     def uri(self) -> str:
-        return self.store.uri_of(manifest_path(self.dataset, self.version))
+        return self.store.uri_of(Layout.manifest(self.dataset, self.version))
 
     @property
     def protocol(self) -> str:
@@ -100,16 +88,8 @@ class DatasetVersion:
 
 def open_version(uri: str) -> DatasetVersion:
     """Open a version from the URI of its manifest (or of its folder)."""
-    uri = uri.rstrip("/")
-    if not uri.endswith(C.MANIFEST_FILENAME):
-        uri = f"{uri}/{C.MANIFEST_FILENAME}"
-    # .../<root>/datasets/<name>/<version>/manifest.json → root is four levels up.
-    parts = uri.split("/")
-    if len(parts) < 5 or parts[-4] != DATASETS_DIR:
-        raise ValueError(f"{uri!r} is not a dataset manifest URI (…/{DATASETS_DIR}/<name>/<version>/{C.MANIFEST_FILENAME})")
-    root = "/".join(parts[:-4]) or "/"
+    root, relative = Layout.split_manifest_uri(uri)
     store = Store(root)
-    relative = posixpath.join(*parts[-4:])
     if not store.exists(relative):
-        raise FileNotFoundError(f"no published dataset version at {uri} (the manifest is missing)")
+        raise FileNotFoundError(f"no published dataset version at {store.uri_of(relative)} (the manifest is missing)")
     return DatasetVersion(store=store, manifest=store.read_json(relative))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from components import constants as C
-from components.data.versions import latest_path, manifest_path
 from components.storage import Layout, Store, reuse_when_complete
 
 
-def test_dataset_paths_are_the_ones_the_data_package_writes():
-    assert Layout.manifest("cars", "abc") == manifest_path("cars", "abc")
-    assert Layout.latest("cars") == latest_path("cars")
+def test_dataset_paths_are_the_ones_published_versions_have():
+    # The data package writes and reads through these (components/data/versions.py, shards.py).
+    assert Layout.manifest("cars", "abc") == "datasets/cars/abc/manifest.json"
+    assert Layout.latest("cars") == "datasets/cars/LATEST.json"
+    assert Layout.dataset_versions("cars") == "datasets/cars"
+    assert Layout.shard("train", "00ff") == "shards/train-00ff.tar"
 
 
 def test_run_paths_hold_model_result_evaluations_and_indexes():

@@ -13,8 +13,8 @@ import numpy as np
 from components import constants as C
 from components.data.decode import encode_chip
 from components.data.shards import encode_shard
-from components.data.versions import manifest_path, open_version
-from components.storage import Store, sha256_bytes
+from components.data.versions import open_version
+from components.storage import Layout, Store, sha256_bytes
 
 
 def chip(label: int, instance: int, size: int, channels: int = 1) -> np.ndarray:
@@ -60,5 +60,5 @@ def write_fake_version(root: str, per_class: dict[str, int], seen: int, size: in
         "shards": shards, "superclasses": {name: f"super{i % 2}" for i, name in enumerate(names)},
         "rejections": [],
     }
-    store.write_json(manifest_path(dataset, version), manifest)
-    return open_version(store.uri_of(manifest_path(dataset, version))).uri
+    store.write_json(Layout.manifest(dataset, version), manifest)
+    return open_version(store.uri_of(Layout.manifest(dataset, version))).uri
