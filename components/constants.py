@@ -30,7 +30,6 @@ SOURCE_SPLIT = "source_split"
 ROLE_BOTH = "both"         # queries all others and is in the gallery (leave-one-out)
 ROLE_QUERY = "query"
 ROLE_GALLERY = "gallery"
-ROLES = (ROLE_BOTH, ROLE_QUERY, ROLE_GALLERY)
 
 # --- WebDataset sample members (tar member suffixes) --------------------------------------
 WDS_IMAGE = "png"          # lossless, normalised chip (1 or 3 bands)
@@ -67,11 +66,6 @@ REJECT_TOO_SMALL = "too_small"
 REJECT_OUT_OF_BOUNDS = "out_of_bounds"             # geotiff annotation outside its scene
 REJECT_WRONG_BANDS = "wrong_band_count"            # fewer bands than shard.channels asks for
 REJECT_BAD_METADATA = "bad_metadata"               # lon/lat/time/split/attribute that does not parse or is out of range
-REJECT_REASONS = (
-    REJECT_EMPTY, REJECT_UNREADABLE, REJECT_TRUNCATED, REJECT_CORRUPT, REJECT_UNKNOWN_FORMAT,
-    REJECT_MISSING_LABEL, REJECT_CONFLICTING_LABELS, REJECT_DUPLICATE, REJECT_TOO_SMALL,
-    REJECT_OUT_OF_BOUNDS, REJECT_WRONG_BANDS, REJECT_BAD_METADATA,
-)
 
 # --- metric names (evaluation, MLflow, compare) --------------------------------------------
 METRIC_MAP = "mAP"

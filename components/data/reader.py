@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 import torch.utils.data as tud
 
 from components import constants as C
@@ -110,23 +109,6 @@ def load_split(version: DatasetVersion, split: str, rank: int = 0, world_size: i
         classes=classes,
         metas=[s.meta for s in samples],
     )
-
-
-class ShardedIterableDataset(tud.IterableDataset):
-    """A torch IterableDataset over a split that deals itself out by DDP rank and loader worker."""
-
-    def __init__(self, version: DatasetVersion, split: str, transform=None):
-        super().__init__()
-        self.version, self.split, self.transform = version, split, transform
-
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
-        info = tud.get_worker_info()
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for sample in iter_samples(self.version, self.split, rank, world, worker, workers):
-            image = self.transform(sample.image) if self.transform else sample.image
-            yield image, sample.label_index
 
 
 class ChipReader:

@@ -8,7 +8,6 @@ whose nested fields are JSON strings, so Arrow never has to unify heterogeneous 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import numbers
 import re
@@ -39,37 +38,6 @@ class SourceItem:
     metadata: dict[str, Any] = field(default_factory=dict)       # carried through to the sample
     reject_reason: str | None = None           # set when listing already shows the item is bad
     reject_detail: str = ""
-
-    def to_row(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            # Empty strings, not None: a column of all-None strings comes back from Arrow as NaN.
-            "label": self.label or "",
-            "superclass": self.superclass or "",
-            "locator": json.dumps(self.locator, sort_keys=True),
-            "attributes": json.dumps(self.attributes, sort_keys=True),
-            "metadata": json.dumps(self.metadata, sort_keys=True, default=str),
-            "reject_reason": self.reject_reason or "",
-            "reject_detail": self.reject_detail or "",
-        }
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "SourceItem":
-        return cls(
-            key=row["key"],
-            label=_text(row["label"]),
-            superclass=_text(row["superclass"]),
-            locator=json.loads(row["locator"]),
-            attributes=json.loads(row["attributes"]),
-            metadata=json.loads(row["metadata"]),
-            reject_reason=_text(row["reject_reason"]),
-            reject_detail=_text(row["reject_detail"]) or "",
-        )
-
-
-def _text(value: Any) -> str | None:
-    """A string cell as written by `to_row` ("" and missing values mean None)."""
-    return value if isinstance(value, str) and value else None
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_/-]")
