@@ -10,7 +10,6 @@ imports the metrics from here.
 """
 
 from components.evaluation.classification import classification_accuracy
-from components.evaluation.layers import evaluate_layers
 from components.evaluation.retrieval import (
     NUM_QUERIES,
     NUM_QUERIES_WITHOUT_RELEVANT,
@@ -30,7 +29,6 @@ __all__ = [
     "PR_RECALL",
     "RetrievalResult",
     "classification_accuracy",
-    "evaluate_layers",
     "evaluate_retrieval",
     "retrieval_metrics",
 ]

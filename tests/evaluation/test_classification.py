@@ -1,4 +1,4 @@
-"""Classification accuracy and per-layer evaluation."""
+"""Classification accuracy against hand-counted argmax hits."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.constants import METRIC_MAP
-from components.evaluation import classification_accuracy, evaluate_layers, retrieval_metrics
+from components.evaluation import classification_accuracy
 
 
 def test_accuracy_counts_argmax_hits_and_takes_numpy_or_torch():
@@ -30,23 +29,3 @@ def test_accuracy_counts_argmax_hits_and_takes_numpy_or_torch():
 def test_accuracy_rejects_bad_input(logits, labels, error, message):
     with pytest.raises(error, match=message):
         classification_accuracy(logits, labels)
-
-
-def test_layers_are_evaluated_side_by_side_with_the_same_protocol():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 5, 150)
-    features = {"penultimate": rng.standard_normal((150, 32)), "embedding": rng.standard_normal((150, 8))}
-    query_mask = np.arange(150) < 50
-    results = evaluate_layers(features, labels, ks=(1, 5), query_mask=query_mask)
-    assert list(results) == ["penultimate", "embedding"]
-    for name, values in features.items():
-        assert results[name] == retrieval_metrics(values, labels, (1, 5), query_mask=query_mask)
-        assert "R@5" in results[name] and METRIC_MAP in results[name]
-
-
-def test_layer_errors_name_the_tap():
-    labels = np.arange(10) % 2
-    with pytest.raises(ValueError, match="feature tap 'bad'"):
-        evaluate_layers({"good": np.ones((10, 4)), "bad": np.ones((9, 4))}, labels)
-    with pytest.raises(ValueError, match="features is empty"):
-        evaluate_layers({}, labels)
