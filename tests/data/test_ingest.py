@@ -181,19 +181,6 @@ def test_sample_metadata_records_split_and_role(tmp_path_factory):
         assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
 
 
-def test_torch_iterable_dataset_splits_across_loader_workers(tmp_path_factory):
-    import torch.utils.data as tud
-
-    from components.data.reader import ShardedIterableDataset
-
-    version = open_version(_small_version(tmp_path_factory))
-    dataset = ShardedIterableDataset(version, C.SPLIT_TRAIN)
-    loader = tud.DataLoader(dataset, batch_size=None, num_workers=2)
-    labels = [int(label) for _, label in loader]
-    assert len(labels) == version.num_samples(C.SPLIT_TRAIN)
-    assert sorted(labels) == sorted(load_split(version, C.SPLIT_TRAIN).labels.tolist())
-
-
 # --- protocol images ----------------------------------------------------------------------
 
 def _splits_by_key(version) -> dict[str, str]:
