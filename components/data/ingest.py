@@ -36,7 +36,7 @@ from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_me
 from components.data.sources import Source
 from components.data.splits import ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class, split_classes
 from components.data.versions import latest_version, list_versions
-from components.storage import Layout, Store, sha256_json
+from components.storage import Layout, Store, reuse_when_complete, sha256_json
 from components.storage.layout import SHARDS_DIR
 
 __all__ = ["FAULT_ENV", "ImageSpec", "IngestResult", "ingest"]
@@ -47,6 +47,9 @@ class ImageSpec:
     size: int | None      # square side in pixels; None keeps each input's size
     channels: int         # 1 (grayscale) or 3 (RGB)
 
+    # The one place the chip limits are checked: the `shard` section's schema
+    # (components/data/config.py) builds an ImageSpec to validate, so a config names a bad
+    # value before any work starts and a library caller gets the same message.
     def __post_init__(self) -> None:
         if not 1 <= self.channels <= 16:
             raise ValueError(f"shard.channels must be between 1 and 16, got {self.channels}")
@@ -214,9 +217,10 @@ def ingest(
     version = sha256_json(identity)[:16]
     lap("decide")
     result = IngestResult(dataset, version, store.uri_of(Layout.manifest(dataset, version)), False, {}, timings=timings)
-    if store.exists(Layout.manifest(dataset, version)):
+    published = reuse_when_complete(store, Layout.manifest(dataset, version))
+    if published is not None:
         log(f"version {version} is already published: nothing to write")
-        result.manifest = store.read_json(Layout.manifest(dataset, version))
+        result.manifest = published
         result.seconds = time.time() - started
         return result
 

@@ -42,7 +42,7 @@ def test_bad_values_are_named_with_choices():
     message = error_of("data.source=nowhere")
     assert "data.source" in message and "synthetic_cars" in message and "folder" in message
     message = error_of("shard.channels=0")
-    assert "shard.channels" in message and "greater than or equal to 1" in message
+    assert "shard.channels" in message and "between 1 and 16" in message
     message = error_of("model.backbone=resnet99")
     assert "model.backbone" in message and "resnet152" in message and "small_cnn" in message
     assert "split.seen_fraction" in error_of("split.seen_fraction=1.5")

@@ -17,7 +17,8 @@ def tiny_train_config(root: str, manifest: str, *overrides: str):
     return load_config(None, [
         "data=synthetic_tiny", f"storage.root={root}", f"train.dataset={manifest}", "runs=[]",
         "model.embedding_dim=32", "loss=triplet", "train.classes_per_batch=8", "train.images_per_class=4",
-        "train.batches_per_epoch=3", "train.threads_per_worker=1", "tracking.experiment=tests", *overrides,
+        "train.batches_per_epoch=3", "train.threads_per_worker=1", "train.cpus_per_worker=1",
+        "tracking.experiment=tests", *overrides,
     ])
 
 
