@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.losses.config import LossConfig
 
 
 class _Section(BaseModel):
@@ -69,19 +71,9 @@ class TrainConfig(_Section):
         return max(1, math.floor(self.cpus_per_worker))
 
 
-class LossSpec(_Section):
-    name: str
-    params: dict[str, Any] = {}
-    attributes: list[str] | None = None           # continuous-label losses: which attributes (default: all)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from components.losses import available_losses
-
-        if name not in available_losses():
-            raise ValueError(f"unknown loss {name!r}; valid choices: {available_losses()}")
-        return name
+# The worker's loss section is the config's own schema (names checked against the loss's
+# constructor, never built): one definition for the driver and the workers.
+LossSpec = LossConfig
 
 
 class TrackingSpec(_Section):

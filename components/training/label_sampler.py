@@ -29,13 +29,15 @@ anchor.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from components.training.epochs import ResumableEpochs
 
-class LabelNeighbourBatchSampler:
+
+class LabelNeighbourBatchSampler(ResumableEpochs):
     """Batches of anchors, their nearest neighbours in label space, and random others.
 
     labels: [N, A] (or [N]) finite floats. batch_size: samples per global batch (divisible
@@ -91,29 +93,7 @@ class LabelNeighbourBatchSampler:
         self._plan_cache: tuple[int, np.ndarray, list[dict[int, np.ndarray]]] | None = None
         self._tree: Any = None  # sklearn KDTree over the labels, built on first use
 
-    # --- epoch state (as PKBatchSampler) ------------------------------------------------------
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch; the next iteration starts at batch ``start_batch`` (resume mid-epoch)."""
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
-        self.epoch, self.start_batch, self.position = int(epoch), int(start_batch), int(start_batch)
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the iteration stands (epoch, batches done); an epoch that ran to its end resumes
-        as ``set_epoch(epoch + 1)``."""
-        if self.position >= self.batches_per_epoch:
-            return {"epoch": self.epoch + 1, "start_batch": 0, "seed": self.seed}
-        return {"epoch": self.epoch, "start_batch": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"the checkpoint's sampler seed {state['seed']} differs from train.seed={self.seed}:"
-                             " a resumed run would see other batches")
-        self.set_epoch(state["epoch"], state["start_batch"])
-
-    def __len__(self) -> int:
-        """Batches in a whole epoch (also after ``set_epoch(..., start_batch=b)``)."""
-        return self.batches_per_epoch
+    # Epoch state (set_epoch, state_dict, load_state_dict, len): ResumableEpochs.
 
     # --- iteration ------------------------------------------------------------------------
     def anchored_batches(self) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:

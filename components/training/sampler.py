@@ -55,6 +55,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from components.training.epochs import ResumableEpochs
+
 
 class PKFit(NamedTuple):
     """A P×K setting that fits the data; ``message`` says what was adapted or is worth knowing
@@ -160,7 +162,7 @@ def fit_pk(labels_or_class_counts, classes_per_batch: int, images_per_class: int
     return PKFit(p, k, batches, coverage, message)
 
 
-class PKBatchSampler:
+class PKBatchSampler(ResumableEpochs):
     """Batches of P distinct classes × K images; iteration yields this rank's index array per batch."""
 
     def __init__(self, labels, classes_per_batch: int, images_per_class: int, *, rank: int = 0,
@@ -190,29 +192,7 @@ class PKBatchSampler:
         self.epoch, self.start_batch, self.position = 0, 0, 0
         self._plan_cache: tuple[int, np.ndarray] | None = None
 
-    # --- epoch state -----------------------------------------------------------------------
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch; the next iteration starts at batch ``start_batch`` (resume mid-epoch)."""
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
-        self.epoch, self.start_batch, self.position = int(epoch), int(start_batch), int(start_batch)
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the iteration stands (epoch, batches done): save it with a checkpoint, restore it
-        with ``load_state_dict``; an epoch that ran to its end resumes as ``set_epoch(epoch + 1)``."""
-        if self.position >= self.batches_per_epoch:
-            return {"epoch": self.epoch + 1, "start_batch": 0, "seed": self.seed}
-        return {"epoch": self.epoch, "start_batch": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"the checkpoint's sampler seed {state['seed']} differs from train.seed={self.seed}:"
-                             " a resumed run would see other batches")
-        self.set_epoch(state["epoch"], state["start_batch"])
-
-    def __len__(self) -> int:
-        """Batches in a whole epoch (also after ``set_epoch(..., start_batch=b)``)."""
-        return self.batches_per_epoch
+    # Epoch state (set_epoch, state_dict, load_state_dict, len): ResumableEpochs.
 
     # --- iteration -------------------------------------------------------------------------
     def global_batches(self) -> Iterator[np.ndarray]:
