@@ -72,6 +72,8 @@ METRIC_MAP = "mAP"
 METRIC_MAP_AT_R = "MAP@R"
 METRIC_R_PRECISION = "R-precision"
 METRIC_ACCURACY = "accuracy"
+# Continuous labels: how well embedding distance ranks attribute distance (evaluation/attributes.py).
+METRIC_ATTRIBUTE_SPEARMAN = "attribute_spearman"
 # Counts that `retrieval_metrics` adds to its metrics (logged to MLflow with them).
 NUM_QUERIES = "num_queries"
 NUM_QUERIES_WITHOUT_RELEVANT = "num_queries_without_relevant"
@@ -83,6 +85,11 @@ def recall_at(k: int) -> str:
 
 
 DEFAULT_RECALL_KS = (1, 2, 4, 8, 16, 32)
+
+
+def attribute_ndcg_at(k: int) -> str:
+    """Metric name of nDCG@k of the attribute ranking, e.g. ``attribute_nDCG@10``."""
+    return f"attribute_nDCG@{k}"
 
 
 # MLflow keys may not contain '@': R@1 is logged as R_at_1, MAP@R as MAP_at_R.

@@ -1,5 +1,7 @@
 """Evaluate one trained model on a dataset version: retrieval on unseen classes, per feature
-tap, plus classification accuracy on the seen-class validation images for classifier losses.
+tap, plus classification accuracy on the seen-class validation images for classifier losses,
+and, where every item carries continuous attributes, how well embedding distance ranks
+attribute distance (Spearman ρ, nDCG@10: `components.evaluation.attributes`).
 
 Unseen images carry query/gallery roles from the manifest (default: every image queries
 all the others, leave-one-out). Embedding goes through `components.inference` (one process,
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from components import constants as C
-from components.data.versions import open_version
+from components.data.versions import open_version, retrieval_split
+from components.evaluation.attributes import attribute_ranking_metrics
 from components.evaluation.classification import classification_accuracy
 from components.evaluation.retrieval import evaluate_retrieval
 from components.inference import EmbeddedSplit, embed_split, load_bundle, loss_from_bundle, model_from_bundle
@@ -47,13 +50,6 @@ def role_masks(roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return query, gallery
 
 
-def retrieval_split(manifest: dict[str, Any]) -> str:
-    protocol = (manifest.get("split") or {}).get("protocol", C.PROTOCOL_CLASSES)
-    if protocol not in C.RETRIEVAL_SPLITS:
-        raise ValueError(f"manifest split.protocol {protocol!r} is unknown; valid choices: {list(C.RETRIEVAL_SPLITS)}")
-    return C.RETRIEVAL_SPLITS[protocol]
-
-
 def _device(use_gpu: bool, device) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -80,7 +76,22 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
         assert result.pr_recall is not None and result.pr_precision is not None  # return_pr_curve=True
         curves[tap] = (result.pr_recall, result.pr_precision)
         per_class[tap] = {str(k): float(v) for k, v in (result.per_class_ap or {}).items()}
+        attributes = attribute_matrix(unseen.metas)
+        if attributes is not None:
+            metrics[tap].update(attribute_ranking_metrics(unseen.features[tap], attributes))
     return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)
+
+
+def attribute_matrix(metas: list[dict[str, Any]]) -> np.ndarray | None:
+    """The items' continuous attributes as [N, A] (names sorted), or None unless every item
+    has the same numeric ones (then the attribute ranking is measured beside retrieval)."""
+    names = sorted((metas[0].get(C.ATTRIBUTES) or {}) if metas else {})
+    if not names or any(sorted(m.get(C.ATTRIBUTES) or {}) != names for m in metas):
+        return None
+    try:
+        return np.array([[float(m[C.ATTRIBUTES][n]) for n in names] for m in metas])
+    except (TypeError, ValueError):
+        return None
 
 
 def _val_accuracy(version, bundle: dict[str, Any], model, batch_size: int, readers: int) -> float | None:
