@@ -56,3 +56,21 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_store")
     config = load_config(None, ["data=synthetic_tiny", f"storage.root={root}", "shard.samples_per_shard=100"])
     return str(root), run_ingest(config).manifest_uri
+
+
+# Loss and miner tests run on tiny tensors: one intra-op thread is faster than two fighting
+# over a shared 2-core machine. Restored afterwards so other test directories keep torch's default.
+_TINY_TENSOR_DIRS = ("losses", "miners")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread_for_tiny_tensors(request):
+    import torch
+
+    if request.path.parent.name not in _TINY_TENSOR_DIRS:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
