@@ -38,72 +38,31 @@ def _write_atomically(path: str | os.PathLike, data: bytes) -> Path:
     return target
 
 
-def plot_pr_curves(
-    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, title: str = "Precision-recall"
-) -> Path:
-    """One precision-recall line per name (e.g. per loss) on shared axes; returns the path.
-
-    curves: name -> (recall, precision), 1-d arrays of equal length (e.g. the `pr_recall` /
-    `pr_precision` outputs of `retrieval_metrics(..., return_pr_curve=True)`).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves must be a non-empty mapping of name -> (recall, precision)")
-    figure = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for name, curve in curves.items():
-        try:
-            recall, precision = (np.asarray(values, dtype=float) for values in curve)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"curve {name!r} must be a pair (recall, precision) of 1-d arrays") from exc
-        if recall.ndim != 1 or recall.shape != precision.shape or recall.size == 0:
-            raise ValueError(
-                f"curve {name!r}: recall and precision must be non-empty 1-d arrays of equal length, "
-                f"got shapes {recall.shape} and {precision.shape}"
-            )
-        axes.plot(recall, precision, label=str(name), linewidth=1.8)
-    axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
-    axes.set_xlim(0.0, 1.0)
-    axes.set_ylim(0.0, 1.02)
-    axes.grid(True, alpha=0.3)
-    axes.set_title(title)
-    axes.legend(loc="best", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return _write_atomically(path, buffer.getvalue())
-
-
-def plot_curves(
-    series: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
-    dashed: Sequence[str] = (),
-) -> Path:
-    """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
-    training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
-    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def _line_series(series: Mapping[str, tuple[Any, Any]], what: str, x_name: str, y_name: str, plural: str):
+    """Validated (name, x, y) float arrays: each value a pair of non-empty 1-d arrays of equal length."""
     if not isinstance(series, Mapping) or not series:
-        raise ValueError("series must be a non-empty mapping of name -> (x, y)")
+        raise ValueError(f"{plural} must be a non-empty mapping of name -> ({x_name}, {y_name})")
+    for name, pair in series.items():
+        try:
+            x, y = (np.asarray(values, dtype=float) for values in pair)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} {name!r} must be a pair ({x_name}, {y_name}) of 1-d arrays") from exc
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError(f"{what} {name!r}: {x_name} and {y_name} must be non-empty 1-d arrays of equal "
+                             f"length, got shapes {x.shape} and {y.shape}")
+        yield name, x, y
+
+
+def _line_figure(path: str | os.PathLike, xlabel: str, ylabel: str, title: str, draw) -> Path:
+    """A 6×5 in figure with one set of axes: `draw(axes)` adds the lines; labels, grid, legend
+    and the atomic PNG write are shared by every line plot here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    for name, curve in series.items():
-        try:
-            x, y = (np.asarray(values, dtype=float) for values in curve)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"series {name!r} must be a pair (x, y) of 1-d arrays") from exc
-        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
-            raise ValueError(f"series {name!r}: x and y must be non-empty 1-d arrays of equal length, "
-                             f"got shapes {x.shape} and {y.shape}")
-        order = np.argsort(x, kind="stable")
-        axes.plot(x[order], y[order], label=str(name), linewidth=1.8, marker="." if x.size < 50 else None,
-                  linestyle="--" if name in dashed else "-")
+    draw(axes)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
@@ -113,6 +72,43 @@ def plot_curves(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return _write_atomically(path, buffer.getvalue())
+
+
+def plot_pr_curves(
+    curves: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, title: str = "Precision-recall"
+) -> Path:
+    """One precision-recall line per name (e.g. per loss) on shared axes; returns the path.
+
+    curves: name -> (recall, precision), 1-d arrays of equal length (e.g. the `pr_recall` /
+    `pr_precision` outputs of `retrieval_metrics(..., return_pr_curve=True)`).
+    """
+    lines = list(_line_series(curves, "curve", "recall", "precision", plural="curves"))
+
+    def draw(axes) -> None:
+        for name, recall, precision in lines:
+            axes.plot(recall, precision, label=str(name), linewidth=1.8)
+        axes.set_xlim(0.0, 1.0)
+        axes.set_ylim(0.0, 1.02)
+
+    return _line_figure(path, "recall", "precision", title, draw)
+
+
+def plot_curves(
+    series: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+    dashed: Sequence[str] = (),
+) -> Path:
+    """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
+    training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
+    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length."""
+    lines = list(_line_series(series, "series", "x", "y", plural="series"))
+
+    def draw(axes) -> None:
+        for name, x, y in lines:
+            order = np.argsort(x, kind="stable")
+            axes.plot(x[order], y[order], label=str(name), linewidth=1.8, marker="." if x.size < 50 else None,
+                      linestyle="--" if name in dashed else "-")
+
+    return _line_figure(path, xlabel, ylabel, title, draw)
 
 
 def _tile(image: Any, colour: tuple[int, int, int], tile: int | None, border: int, name: str) -> np.ndarray:
