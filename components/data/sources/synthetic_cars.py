@@ -43,13 +43,10 @@ class SyntheticCarsConfig(SourceConfig):
         return nuisance
 
 
-def _items(config: SyntheticCarsConfig):
-    # Keyed by the config's JSON: the `nuisance` mapping makes the config itself unhashable.
-    return _items_of(config.model_dump_json())
-
-
 @functools.lru_cache(maxsize=4)
 def _items_of(config_json: str):
+    """The spec and item list of one config, keyed by its JSON (the `nuisance` mapping makes
+    the config itself unhashable)."""
     from components.synthetic import get_preset, synthetic_items
 
     config = SyntheticCarsConfig.model_validate_json(config_json)
@@ -68,12 +65,19 @@ class SyntheticCarsSource(Source):
     Config: ClassVar[type[SourceConfig]] = SyntheticCarsConfig
     config: SyntheticCarsConfig   # what `Source.__init__` stores: this source's own config
 
+    def _listing(self):
+        # The config's JSON is the cache key of `_items_of`; made once per source, not per chip
+        # in `load`, and only the short string is kept, so a source shipped to a worker stays small.
+        if getattr(self, "_listing_key", None) is None:
+            self._listing_key = self.config.model_dump_json()
+        return _items_of(self._listing_key)
+
     @property
     def natural_size(self) -> int:
-        return _items(self.config)[0].image_size
+        return self._listing()[0].image_size
 
     def list_items(self) -> list[SourceItem]:
-        spec, items = _items(self.config)
+        spec, items = self._listing()
         return [
             SourceItem(
                 key=item.key, label=item.label, superclass=item.superclass,
@@ -87,4 +91,4 @@ class SyntheticCarsSource(Source):
     def load(self, item: SourceItem) -> np.ndarray:
         from components.synthetic import render_item
 
-        return render_item(_items(self.config)[1][item.locator["index"]])
+        return render_item(self._listing()[1][item.locator["index"]])
