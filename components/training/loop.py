@@ -38,13 +38,14 @@ from components.data.sample_index import load_sample_index
 from components.data.versions import open_version
 from components.evaluation import classification_accuracy, retrieval_metrics
 from components.inference import embed_split, load_bundle, make_bundle, model_from_bundle, save_bundle
-from components.losses import build_loss, loss_class, loss_params, transfer_classifier
+from components.losses import build_loss, loss_class, transfer_classifier
 from components.losses import loss_arguments as losses_loss_arguments
 from components.losses.base import CONTINUOUS_LABELS
 from components.models import build_model
 from components.storage import Store
 from components.training.config import LossSpec, TrainConfig, TrainJob
 from components.training.data import build_train_loader
+from components.training.label_sampler import LabelNeighbourBatchSampler
 from components.training.module import TrainModule
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.sampler import PKBatchSampler
@@ -138,9 +139,8 @@ def _distributed() -> tuple[int, int]:
 
 
 def needs_superclasses(name: str) -> bool:
-    """Whether a loss wants the dataset's superclasses: its `needs_superclasses` flag, or, for
-    losses that predate the flag, whether it accepts a `superclass_of` parameter."""
-    return bool(getattr(loss_class(name), "needs_superclasses", "superclass_of" in loss_params(name)))
+    """Whether a loss wants the dataset's superclasses (its `needs_superclasses` flag)."""
+    return loss_class(name).needs_superclasses
 
 
 def loss_arguments(loss_cfg: LossSpec | dict, num_classes: int, embedding_dim: int,
@@ -175,16 +175,12 @@ def attribute_labels(metas: list[dict], names: list[str] | None) -> np.ndarray:
 
 
 def build_sampler(labels: np.ndarray, continuous: np.ndarray | None, config: TrainConfig, rank: int, world: int):
-    """P×K batches over class labels; for continuous-label losses the neighbour sampler when
-    it is available (same interface), else P×K over the class labels."""
+    """P×K batches over class labels; for continuous-label losses the log-ratio paper's dense
+    batches (anchors and their nearest neighbours in label space; same interface)."""
     if continuous is not None:
-        try:
-            from components.training.label_sampler import LabelNeighbourBatchSampler
-        except ImportError:
-            pass
-        else:
-            return LabelNeighbourBatchSampler(continuous, config.classes_per_batch * config.images_per_class,
-                                              config.images_per_class, rank=rank, world_size=world, seed=config.seed)
+        return LabelNeighbourBatchSampler(continuous, config.classes_per_batch * config.images_per_class,
+                                          config.images_per_class, rank=rank, world_size=world, seed=config.seed,
+                                          batches_per_epoch=config.batches_per_epoch)
     return PKBatchSampler(labels, config.classes_per_batch, config.images_per_class, rank=rank, world_size=world,
                           seed=config.seed, batches_per_epoch=config.batches_per_epoch)
 
