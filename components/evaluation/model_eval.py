@@ -69,6 +69,7 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
     unseen = embed_split(model, version, split, tuple(taps), batch_size, loader_workers=readers)
     query, gallery = role_masks(unseen.roles)
     metrics, curves, per_class = {}, {}, {}
+    attributes = attribute_matrix(unseen.metas)   # parsed once, ranked per tap
     for tap in taps:
         result = evaluate_retrieval(unseen.features[tap], unseen.labels, ks, query_mask=query, gallery_mask=gallery,
                                     device=device, return_per_class=True, return_pr_curve=True)
@@ -76,7 +77,6 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
         assert result.pr_recall is not None and result.pr_precision is not None  # return_pr_curve=True
         curves[tap] = (result.pr_recall, result.pr_precision)
         per_class[tap] = {str(k): float(v) for k, v in (result.per_class_ap or {}).items()}
-        attributes = attribute_matrix(unseen.metas)
         if attributes is not None:
             metrics[tap].update(attribute_ranking_metrics(unseen.features[tap], attributes))
     return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)
