@@ -29,6 +29,7 @@ from components.tracking.compare import (
     comparison_table,
     display_rows,
     finished_runs,
+    latest_per_name,
     sort_table,
     to_markdown,
 )
@@ -84,12 +85,8 @@ def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str
     (latest per name) with a validation history; retrieval-split lines are `<run> unseen`
     (or `<run> test`)."""
     series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"epochs": {}, "seconds": {}}
-    seen: set[str] = set()
-    for run in finished_runs(tracking_uri, experiment, "train"):
+    for run in latest_per_name(finished_runs(tracking_uri, experiment, "train")):
         name = run.info.run_name
-        if name in seen:
-            continue
-        seen.add(name)
         seconds = metric_history(tracking_uri, run.info.run_id, "train_seconds")
         for metric, label in ((VAL_R1, name), *((m, f"{name} {split}") for split, m in RETRIEVAL_R1.items())):
             history = metric_history(tracking_uri, run.info.run_id, metric)

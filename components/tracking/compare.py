@@ -48,14 +48,18 @@ def finished_runs(tracking_uri: str, experiment: str, stage: str) -> list[Any]:
                               order_by=["attributes.start_time DESC"], max_results=5000)
 
 
+def latest_per_name(runs) -> list[Any]:
+    """The newest run of each run name (`runs` newest first, as `finished_runs` returns them)."""
+    latest: dict[str, Any] = {}
+    for run in runs:
+        latest.setdefault(run.info.run_name, run)
+    return list(latest.values())
+
+
 def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per group of seeds of a finished training run of `experiment` (latest per run
     name), then one raw-pixel row per dataset version the experiment's baselines measured."""
-    runs, seen = [], set()
-    for run in finished_runs(tracking_uri, experiment, "train"):
-        if run.info.run_name not in seen:
-            seen.add(run.info.run_name)
-            runs.append(run)
+    runs = latest_per_name(finished_runs(tracking_uri, experiment, "train"))
     groups: dict[str, list[Any]] = {}
     for run in runs:   # a run without a seed group (older runs) is a group of its own
         groups.setdefault(run.data.tags.get(SEED_GROUP_TAG) or run.info.run_id, []).append(run)
