@@ -376,14 +376,8 @@ def test_server_refuses_to_run_without_authentication_off_loopback():
     assert result.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
     result = _server({"MLFLOW_ARTIFACTS_DESTINATION": "/tmp/art"})
     assert result.returncode == 2 and "MLFLOW_BACKEND_STORE_URI" in result.stderr
-    if importlib.util.find_spec("flask_wtf") is None:
-        result = _server({**STORES, "MLFLOW_AUTH_DATABASE_URI": "sqlite:////tmp/a.db", "MLFLOW_AUTH_ADMIN_USERNAME": "a",
-                          "MLFLOW_AUTH_ADMIN_PASSWORD": "p" * 16, "MLFLOW_FLASK_SERVER_SECRET_KEY": "k"})
-        assert result.returncode == 2 and "mlflow[auth]" in result.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flask_wtf") is None,
-                    reason="MLflow's basic-auth app needs Flask-WTF (pip install 'mlflow[auth]'), not installed")
 def test_server_with_basic_auth_refuses_anonymous_requests(tmp_path):
     import signal
     import socket
