@@ -24,9 +24,9 @@ from components import constants as C
 from components.errors import ConfigError, MissingDataError
 from components.tracking import metric_history, read_json_artifact
 from components.tracking.compare import (
-    DISPLAY_HEADER,
     SEEDS_COLUMN,
     comparison_table,
+    display_header,
     display_rows,
     finished_runs,
     latest_per_name,
@@ -72,7 +72,7 @@ def run_compare(config: Config, context: StageContext | Console | None = None, e
 
 def render(table, experiment: str) -> Table:
     output = Table(title=f"experiment {experiment}")
-    for column in DISPLAY_HEADER:
+    for column in display_header(table):
         output.add_column(column, justify="left" if column in ("run", "loss") else "right",
                           no_wrap=column in ("run", "loss"))
     for row in display_rows(table):

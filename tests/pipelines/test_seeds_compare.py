@@ -11,7 +11,7 @@ from rich.console import Console
 
 from components import constants as C
 from components.tracking import RunLogger, create_run
-from components.tracking.compare import comparison_table, display_rows
+from components.tracking.compare import DISPLAY_HEADER, comparison_table, display_header, display_rows, to_markdown
 from pipelines.compare import convergence_series, run_compare
 from pipelines.config import ConfigError, load_config
 from pipelines.context import StageContext
@@ -98,3 +98,23 @@ def test_compare_groups_seeds_with_mean_and_std_and_draws_figures(tmp_path):
         assert Image.open(report["plots"][name]).size[0] > 0
     with pytest.raises(ConfigError, match="--plot 'loss'"):
         run_compare(config, context, plots=["loss"])
+
+
+def test_penultimate_layer_columns_appear_only_when_measured(tmp_path):
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=layers-test"])
+    context = StageContext(config, Console(quiet=True))
+    tracking, experiment_id = context.tracking_uri, context.experiment_id
+    _fake_training_run(tracking, experiment_id, "ce", "ce", "g-ce", 0, {C.METRIC_MAP: 0.4, C.recall_at(1): 0.6}, [(0.2, 5.0)])
+    assert display_header(comparison_table(tracking, "layers-test")) == DISPLAY_HEADER   # not measured: not shown
+    penultimate = {C.mlflow_key(f"penultimate.{C.METRIC_MAP}"): 0.3, C.mlflow_key(f"penultimate.{C.recall_at(1)}"): 0.5}
+    for seed, shift in enumerate((0.0, 0.1)):
+        _fake_training_run(tracking, experiment_id, f"triplet-s{seed}", "triplet", "g-t", seed,
+                           {C.METRIC_MAP: 0.5, C.recall_at(1): 0.7, **{k: v + shift for k, v in penultimate.items()}},
+                           [(0.3, 10.0)])
+    table = comparison_table(tracking, "layers-test")
+    header = display_header(table)
+    assert header == [*DISPLAY_HEADER, f"penultimate {C.METRIC_MAP}", f"penultimate {C.recall_at(1)}"]
+    printed = {row[0]: dict(zip(header, row)) for row in display_rows(table)}
+    assert printed["triplet (n=2)"][f"penultimate {C.METRIC_MAP}"] == f"35.00 ± {100 * np.std([0.3, 0.4], ddof=1):.2f} %"
+    assert printed["ce"][f"penultimate {C.recall_at(1)}"] == "-"
+    assert to_markdown(table).splitlines()[0].count("|") == len(header) + 1
