@@ -64,7 +64,8 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
     version = open_version(manifest_uri)
     split = split or retrieval_split(version.manifest)
     bundle = load_bundle(model_uri)
-    model = model_from_bundle(bundle).to(_device(use_gpu, device))
+    target = _device(use_gpu, device)   # the model's device; retrieval is scored there too
+    model = model_from_bundle(bundle).to(target)
     readers = max(0, int(num_actors) - 1)
     unseen = embed_split(model, version, split, tuple(taps), batch_size, loader_workers=readers)
     query, gallery = role_masks(unseen.roles)
@@ -72,7 +73,7 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
     attributes = attribute_matrix(unseen.metas)   # parsed once, ranked per tap
     for tap in taps:
         result = evaluate_retrieval(unseen.features[tap], unseen.labels, ks, query_mask=query, gallery_mask=gallery,
-                                    device=device, return_per_class=True, return_pr_curve=True)
+                                    device=target, return_per_class=True, return_pr_curve=True)
         metrics[tap] = dict(result.metrics)
         assert result.pr_recall is not None and result.pr_precision is not None  # return_pr_curve=True
         curves[tap] = (result.pr_recall, result.pr_precision)
