@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.losses.config import LossConfig
 
@@ -53,6 +53,11 @@ class TrainConfig(_Section):
     threads_per_worker: int | None = Field(None, ge=1)   # torch threads; None: see compute_threads
     max_failures: int = Field(1, ge=0)            # worker-group restarts from the last checkpoint
     fail_at_epoch: int | None = None              # test hook: kill one worker once at this epoch
+    # Mid-epoch checkpoints every N training steps (counted over the run), besides the one at
+    # each epoch's end; None: per epoch only. Each costs one write of model + loss +
+    # optimizer state (~3× the model's size for AdamW) and, under Ray Train, a report that
+    # waits for every worker. Keep it for epochs long enough that losing one hurts.
+    checkpoint_every_steps: int | None = Field(None, ge=1)
     dataset: str | None = None                    # manifest URI (default: the latest ingested version)
     # --- input pipeline (per training worker) ---------------------------------------------
     # Loader processes that read, decode, augment and batch ahead of the step (0: in the
@@ -61,6 +66,14 @@ class TrainConfig(_Section):
     prefetch_batches: int = Field(2, ge=1)        # batches each loader process keeps ready
     cache_mb: float = Field(64.0, ge=0)           # decoded-chip LRU per loader process (bounds memory)
     eval_batch_size: int = Field(256, ge=1)       # validation embedding batch
+
+    @field_validator("checkpoint_every_steps", mode="before")
+    @classmethod
+    def _steps_are_a_count(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
+            raise ValueError(f"train.checkpoint_every_steps must be a positive whole number of training steps"
+                             f" (or null for per-epoch checkpoints only), got {value!r}")
+        return value
 
     def compute_threads(self) -> int:
         """torch threads of one worker: `threads_per_worker`, else one per reserved CPU.

@@ -2,7 +2,8 @@
 
 The batch sampler (`PKBatchSampler`, or a continuous-label sampler with the same interface)
 only needs the labels of the sample index; `BatchRequests` turns its index arrays into
-requests `(epoch, step, positions)`, and a DataLoader hands each request to one of
+requests `(epoch, step, positions)` (from the sampler's own start: one resume mechanism,
+`components.training.epochs`), and a DataLoader hands each request to one of
 `loader_workers` processes, where `TrainBatches.__getitems__` reads and decodes the chips
 (`IndexedSplit`: ranged reads, bounded decoded-chip cache), converts them to NCHW and, on a
 CPU run, augments and normalises the whole batch. The training process only moves a ready
@@ -14,7 +15,11 @@ step), never from the global RNG. So ranks augment differently, and a batch's pi
 depend on which loader process built it, on the number of loader processes, or on whether
 training resumed from a checkpoint: a loader started at (epoch, step) yields exactly the
 batches an uninterrupted run yields there. The sampler's batches are a function of (seed,
-epoch) and the rank's slice of them.
+epoch) and the rank's slice of them. Whatever else draws from torch's global RNG during a
+step (a loss's own draws, e.g. WARP's negatives) is reseeded by the loop before every step
+from `step_seed(seed, epoch, step)`: the same on every rank, since every rank computes the
+loss of the whole gathered batch. Together these are all the randomness of training, so a
+checkpoint needs (epoch, step) and no RNG state.
 
 Memory per training worker: the index's numeric columns (~24 bytes per sample), the
 sampler's per-class position arrays, `prefetch_batches` batches per loader process and each
@@ -41,6 +46,13 @@ def batch_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, step]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of torch's global RNG for one training step (rank-independent; its own stream,
+    apart from every `batch_seed`)."""
+    sequence = np.random.SeedSequence([seed, epoch, step], spawn_key=(1,))
+    return int(sequence.generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 @dataclass(frozen=True)
 class BatchRequest:
     epoch: int
@@ -49,23 +61,24 @@ class BatchRequest:
 
 
 class BatchRequests:
-    """A DataLoader `batch_sampler`: the sampler's batches of one epoch as `BatchRequest`s,
-    optionally starting at `start_step` (the earlier batches are drawn but not loaded)."""
+    """A DataLoader `batch_sampler`: the sampler's batches of its current epoch as
+    `BatchRequest`s, from the sampler's `start_batch` on (the sampler's plan skips the earlier
+    ones without loading any data). Where an epoch starts is the sampler's state alone
+    (`components.training.epochs`); `set_epoch` only passes it on."""
 
     def __init__(self, sampler):
-        self.sampler, self.epoch, self.start_step = sampler, 0, 0
+        self.sampler = sampler
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.start_step)
+        return len(self.sampler) - self.sampler.start_batch
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        for step, positions in enumerate(self.sampler):
-            if step >= self.start_step:
-                yield BatchRequest(self.epoch, step, np.asarray(positions, dtype=np.int64))
+        epoch, start = self.sampler.epoch, self.sampler.start_batch
+        for step, positions in enumerate(self.sampler, start=start):
+            yield BatchRequest(epoch, step, np.asarray(positions, dtype=np.int64))
 
 
 class BatchAugment:

@@ -15,6 +15,21 @@ the seen-class validation split (streamed through `components.inference`, never 
 classes), a checkpoint, and the best model by validation mAP written as a bundle. A
 restarted run resumes from the last checkpoint and sees the same batches it would have seen.
 
+Mid-epoch checkpoints (`train.checkpoint_every_steps`): every N steps (counted over the run)
+the loop also reports a checkpoint holding model, loss (proxies), optimizer, scheduler, the
+sampler's state after the last *trained* step (the loader prefetches ahead of the step, so
+the step number comes from the batch, not from the sampler) and the epoch's running means.
+There is no AMP scaler: bfloat16 autocast needs none. No RNG state is saved because none is
+needed: the batches are a function of (seed, epoch), the augmentation of (seed, rank, epoch,
+step), and torch's global RNG is reseeded before every step from (seed, epoch, step)
+(`components.training.data`). So a run resumed mid-epoch trains on exactly the remaining
+batches of an uninterrupted run, pixel for pixel. Such a report carries only step counters
+(`global_step`, `epoch_in_progress`, `step_in_epoch`), never `epoch` or train/val metrics,
+and is not logged to MLflow: what selects on per-epoch metrics (the best bundle, MLflow's
+per-epoch series, the driver's last result) never sees one. Under Ray Train its file is
+`STEP_CHECKPOINT_FILE`, so what lists a run's per-epoch checkpoints (`pipelines/epochs.py`,
+by `CHECKPOINT_FILE`) skips it; a plain process keeps only its newest checkpoint either way.
+
 The loop never asks a loss its name: `label_kind` says whether it trains on class or
 continuous labels, `needs_superclasses` whether it wants the dataset's superclasses, and
 `diagnostics()` (when a loss has it) is averaged per epoch into the metrics as `train_<name>`.
@@ -26,7 +41,8 @@ import io
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,14 +60,15 @@ from components.losses.base import CONTINUOUS_LABELS
 from components.models import build_model
 from components.storage import Store
 from components.training.config import LossSpec, TrainConfig, TrainJob
-from components.training.data import build_train_loader
+from components.training.data import build_train_loader, step_seed
 from components.training.label_sampler import LabelNeighbourBatchSampler
 from components.training.module import TrainModule
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.sampler import PKBatchSampler
 from components.training.sync_bn import convert_batchnorm
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.pt"            # a checkpoint at an epoch's end
+STEP_CHECKPOINT_FILE = "step_checkpoint.pt"  # a mid-epoch one (train.checkpoint_every_steps)
 FAILED_MARKER = ".injected_failure_done"
 
 
@@ -70,8 +87,9 @@ def _local_device(config: TrainConfig) -> torch.device:
 
 
 class LocalReporter:
-    """One plain process (or torchrun): checkpoints in `<folder>/checkpoint.pt` on the store,
-    metrics kept in `history` (and passed to `on_report` when given)."""
+    """One plain process (or torchrun): the newest checkpoint (epoch end or mid-epoch) in
+    `<folder>/checkpoint.pt` on the store, metrics kept in `history` (and passed to `on_report`
+    when given, after the checkpoint is written)."""
 
     def __init__(self, folder_uri: str, on_report=None):
         self.store, self.on_report = Store(folder_uri), on_report
@@ -112,7 +130,11 @@ class RayReporter:
         if not checkpoint:
             return None
         with checkpoint.as_directory() as folder:
-            return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+            for name in (CHECKPOINT_FILE, STEP_CHECKPOINT_FILE):
+                if os.path.exists(os.path.join(folder, name)):
+                    return torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"Ray Train checkpoint {checkpoint.path} holds neither {CHECKPOINT_FILE} nor"
+                                f" {STEP_CHECKPOINT_FILE}: it was not written by this training loop")
 
     def report(self, metrics: dict[str, Any], checkpoint: dict | None) -> None:
         import ray.train
@@ -120,8 +142,9 @@ class RayReporter:
         if checkpoint is None:
             ray.train.report(metrics)
             return
+        name = STEP_CHECKPOINT_FILE if checkpoint.get("mid_epoch") else CHECKPOINT_FILE
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(checkpoint, os.path.join(folder, CHECKPOINT_FILE))
+            torch.save(checkpoint, os.path.join(folder, name))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -213,7 +236,12 @@ def validate(model, loss, version, config: TrainConfig, device) -> dict[str, flo
 
 # --- the loop --------------------------------------------------------------------------------
 
-def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
+# Called after every optimizer step with (epoch, step in epoch, this rank's positions, the
+# images the step trained on): an observer, e.g. for tests comparing two runs' batches.
+StepHook = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def train(job: TrainJob, reporter: Reporter | None = None, on_step: StepHook | None = None) -> dict[str, Any]:
     """Train one run; returns rank 0's last metrics (each rank its own)."""
     cfg = job.train
     reporter = reporter or LocalReporter(job.checkpoint_uri or f"{job.output_uri.rstrip('/')}/checkpoints")
@@ -250,48 +278,73 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
             find_unused_parameters=cfg.freeze_backbone)
     inner = module.module if world > 1 else module
     sampler = build_sampler(index.labels, continuous, cfg, rank, world)
-    loader, requests, device_augment = build_train_loader(version.store.uri, index, sampler, cfg, rank, device)
+    loader, _, device_augment = build_train_loader(version.store.uri, index, sampler, cfg, rank, device)
     optimizer = build_optimizer(inner.model, inner.loss, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.loss_lr_multiplier)
-    scheduler = build_scheduler(optimizer, cfg.epochs * len(sampler), int(cfg.warmup_epochs * len(sampler)))
+    steps_per_epoch = len(sampler)
+    scheduler = build_scheduler(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
 
-    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "train_seconds": 0.0, "resumed_from": None}
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "train_seconds": 0.0, "resumed_from": None,
+                             "resumed_from_step": None}
+    sampler.set_epoch(0)
+    progress: EpochProgress | None = None
     saved = reporter.load_checkpoint()
     if saved:
         inner.model.load_state_dict(saved["model"])
         inner.loss.load_state_dict(saved["loss"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = {**saved["state"], "resumed_from": saved["state"]["epoch"]}
+        # Checkpoints from before mid-epoch resume have no sampler state: they are epoch ends.
+        sampler.load_state_dict(saved.get("sampler") or {"epoch": saved["state"]["epoch"], "start_batch": 0})
+        progress = EpochProgress(**saved["epoch_progress"]) if saved.get("epoch_progress") else None
+        state = {**saved["state"], "resumed_from": saved["state"]["epoch"],
+                 "resumed_from_step": sampler.epoch * steps_per_epoch + sampler.start_batch}
 
     logger = _Rank0Logger(job, rank)
     metrics: dict[str, Any] = {}
-    for epoch in range(state["epoch"], cfg.epochs):
+    every = cfg.checkpoint_every_steps
+    for epoch in range(sampler.epoch, cfg.epochs):
+        if epoch != sampler.epoch:
+            sampler.set_epoch(epoch)
+        progress = progress or EpochProgress()
         started = time.time()
         module.train()
-        requests.set_epoch(epoch)
-        losses, diagnostics, images_seen = [], defaultdict(list), 0
         for batch in loader:
+            step = int(batch["step"])
+            torch.manual_seed(step_seed(cfg.seed, epoch, step))   # a loss's own draws (see module doc)
             images = batch["images"].to(device, non_blocking=True)
             if device_augment is not None:
-                images = device_augment(images, batch["epoch"], batch["step"])
+                images = device_augment(images, batch["epoch"], step)
             value = module(images, labels[batch["positions"]].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(value.item())
-            images_seen += len(batch["positions"])
-            for name, number in (_diagnostics(inner.loss) or {}).items():
-                diagnostics[name].append(float(number))
+            progress.add(value.item(), len(batch["positions"]), _diagnostics(inner.loss))
+            if on_step is not None:
+                on_step(epoch, step, batch["positions"], images)
             _maybe_inject_failure(job, epoch, rank, world)
-        seconds = time.time() - started
+            global_step = epoch * steps_per_epoch + step + 1
+            if every and global_step % every == 0 and step + 1 < steps_per_epoch:   # the epoch's end reports anyway
+                progress.seconds += time.time() - started
+                started = time.time()
+                checkpoint = None
+                if rank == 0:
+                    checkpoint = {**_checkpoint(inner, optimizer, scheduler, state),
+                                  "sampler": sampler.state_dict(batches_done=step + 1),
+                                  "epoch_progress": progress.to_dict(), "mid_epoch": True}
+                reporter.report({"global_step": global_step, "epoch_in_progress": epoch, "step_in_epoch": step + 1},
+                                checkpoint)
+        seconds = progress.seconds + time.time() - started
         state["train_seconds"] += seconds
         state["epoch"] = epoch + 1
 
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "train_seconds": state["train_seconds"], "train_images_per_second": images_seen * world / max(seconds, 1e-9),
+        metrics = {"epoch": epoch + 1, "train_loss": progress.mean_loss(),
+                   "train_seconds": state["train_seconds"],
+                   "train_images_per_second": progress.images * world / max(seconds, 1e-9),
                    "resumed_from_epoch": -1 if state["resumed_from"] is None else state["resumed_from"],
-                   **{f"train_{name}": float(np.mean(values)) for name, values in diagnostics.items()}}
+                   "resumed_from_step": -1 if state.get("resumed_from_step") is None else state["resumed_from_step"],
+                   **{f"train_{name}": float(np.mean(values)) for name, values in progress.diagnostics.items()}}
+        progress = None
         checkpoint = None
         if rank == 0:
             metrics.update(validate(inner.model, inner.loss, version, cfg, device))
@@ -303,14 +356,42 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> dict[str, Any]:
                                         metrics, epoch + 1), job.output_uri)
             metrics["best_val_mAP"] = state["best"]
             logger.log_metrics(metrics, step=epoch + 1)
-            checkpoint = {"model": inner.model.state_dict(), "loss": inner.loss.state_dict(),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state)}
+            checkpoint = {**_checkpoint(inner, optimizer, scheduler, state), "sampler": sampler.state_dict(steps_per_epoch)}
         reporter.report(metrics, checkpoint)
 
     del loader   # ends the persistent loader processes now, not at garbage collection
     if rank == 0:
         logger.finish(job.output_uri)
     return metrics
+
+
+@dataclass
+class EpochProgress:
+    """The running means of the epoch in progress, kept in a mid-epoch checkpoint so that a
+    resumed epoch reports the means an uninterrupted one would (over all of its steps)."""
+
+    losses: list[float] = field(default_factory=list)
+    diagnostics: dict[str, list[float]] = field(default_factory=dict)
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, images: int, diagnostics: dict[str, float] | None) -> None:
+        self.losses.append(loss)
+        self.images += images
+        for name, number in (diagnostics or {}).items():
+            self.diagnostics.setdefault(name, []).append(float(number))
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses), "diagnostics": {k: list(v) for k, v in self.diagnostics.items()},
+                "images": self.images, "seconds": self.seconds}
+
+
+def _checkpoint(inner, optimizer, scheduler, state: dict[str, Any]) -> dict[str, Any]:
+    return {"model": inner.model.state_dict(), "loss": inner.loss.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "state": dict(state)}
 
 
 def _diagnostics(loss) -> dict[str, float] | None:
