@@ -174,8 +174,9 @@ def main() -> int:
     from pipelines.serve import add_arguments, start_service
 
     nlist = args.nlist or nlist_for(args.vectors)
+    load_at_start = machine_load()
     print(f"index: {args.vectors:,} x {args.dim} vectors, IVF{nlist},SQ8, nprobe {args.nprobe}; "
-          f"{machine_load()}", flush=True)
+          f"{load_at_start}", flush=True)
     root, folders, vectors, build_s = build_generations(args, nlist)
     print(f"index built in {build_s:.0f} s" if build_s else "index reused from the cache", flush=True)
     store = Store(root)
@@ -241,7 +242,7 @@ def main() -> int:
         f"recall@{args.k}_vs_exact": round(recall, 4),
         "replicas": args.replicas,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "load": machine_load(),
+                    "python": platform.python_version(), "load_start": load_at_start, "load_end": machine_load(),
                     "loadavg_1m_end": round(os.getloadavg()[0], 2)},
     }
     print()

@@ -10,6 +10,14 @@ On top of it this module adds what the pipeline relies on:
 - content addressing helpers (sha256 of bytes and of canonical JSON);
 - `Layout`: the relative path of every stage output, and `reuse_when_complete`, the one
   "skip when the output is complete" check (see `components.storage.layout`).
+
+Endpoint and credentials of an object store are never in the config: `FileSystem.from_uri`
+(pyarrow 25) reads them from the standard environment (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3
+for S3-compatible stores such as MinIO, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION,
+or ~/.aws and instance roles). Ray Train's checkpoint storage (`storage_path`, opened by the
+same `from_uri`) and MLflow's artifact client (boto3) read the same variables, so one set of
+exports reaches every writer. (pyarrow's `S3FileSystem()` constructor, unlike `from_uri`,
+ignores AWS_ENDPOINT_URL: filesystems are only ever made from a URI here.)
 """
 
 from components.storage.layout import Layout, RunPaths, SweepPaths, reuse_when_complete

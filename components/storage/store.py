@@ -30,6 +30,14 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode("utf-8"))
 
 
+def remote_hint(root_uri: str) -> str:
+    """What to check when an object store cannot be reached: the settings it is read from."""
+    if root_uri.startswith("s3://"):
+        return ("; for s3:// check that the bucket exists and the environment: AWS_ENDPOINT_URL (an "
+                "S3-compatible store such as MinIO), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION")
+    return ""
+
+
 class Store:
     """Files under one root URI. Paths given to methods are relative to the root, '/'-separated.
 
@@ -47,7 +55,7 @@ class Store:
         except Exception as exc:  # pyarrow raises several types for bad URIs
             raise ConfigError(
                 f"storage.root {root_uri!r} cannot be opened ({exc}); use a local path or a "
-                "URI pyarrow supports (s3://bucket/prefix, gs://bucket/prefix, hdfs://...)"
+                f"URI pyarrow supports (s3://bucket/prefix, gs://bucket/prefix, hdfs://...){remote_hint(root_uri)}"
             ) from exc
         self.uri = root_uri
         self.root = self.root.rstrip("/") or "/"
@@ -69,7 +77,7 @@ class Store:
             self.delete(probe)
         except Exception as exc:  # any filesystem error means the same to the user
             raise ConfigError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
-                             "writable local path or a reachable s3://, gs:// URI") from None
+                             f"writable local path or a reachable s3://, gs:// URI{remote_hint(self.uri)}") from None
 
     # -- queries ------------------------------------------------------------------------
     def exists(self, relative: str) -> bool:

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from components.constants import mlflow_key
+from components.errors import ConfigError
 
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 
@@ -16,9 +17,10 @@ MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 def default_tracking_uri(storage_root: str) -> str:
     """sqlite next to the outputs for a local storage root (a server URI otherwise)."""
     if "://" in storage_root and not storage_root.startswith("file://"):
-        raise ValueError(
-            f"storage.root {storage_root!r} is remote: set tracking.uri to an MLflow server "
-            "(e.g. http://mlflow:5000), since an sqlite store cannot live on object storage"
+        raise ConfigError(
+            f"storage.root {storage_root!r} is remote, so tracking.uri has no default (an sqlite store "
+            "cannot live on object storage): set tracking.uri to an MLflow server (e.g. http://mlflow:5000) "
+            "or a local sqlite file (sqlite:////abs/path/mlflow.db); artifacts go under storage.root either way"
         )
     root = os.path.abspath(storage_root.removeprefix("file://"))
     os.makedirs(root, exist_ok=True)

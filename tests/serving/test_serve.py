@@ -276,9 +276,11 @@ def test_a_stream_of_requests_across_a_live_switch_never_fails(service):
     second_vectors = rng.standard_normal((COUNT, DIM)).astype(np.float32)
     second_ids = np.arange(SECOND_IDS, SECOND_IDS + COUNT)
     second_uri = f"{service.root}/indexes/{NAME}/gen-2"
-    build_index(second_vectors, metadata_table(COUNT, seed=6, first_id=SECOND_IDS), second_uri, factory="Flat",
+    second_metadata = metadata_table(COUNT, seed=6, first_id=SECOND_IDS)
+    build_index(second_vectors, second_metadata, second_uri, factory="Flat",
                 ids=second_ids)   # written before the stream starts; no model: embeddings only
     queries = rng.standard_normal((16, DIM)).astype(np.float32)
+    vans = ["van", "bus"]   # odd clients filter by label: concurrent filtered searches, each with its selector
     answers: list[tuple[int, float, int, list[int], int]] = []   # (thread, time, sequence, ids, query)
     failures: list[str] = []
     stop = threading.Event()
@@ -290,7 +292,8 @@ def test_a_stream_of_requests_across_a_live_switch_never_fails(service):
                 query = queries[(thread + 4 * count) % len(queries)]
                 count += 1
                 try:
-                    response = service.post({"embedding": query.tolist(), "k": 5}, session=session)
+                    labels = {"labels": vans} if thread % 2 else {}
+                    response = service.post({"embedding": query.tolist(), "k": 5, **labels}, session=session)
                 except requests.RequestException as exc:
                     failures.append(repr(exc))
                     continue
@@ -324,9 +327,12 @@ def test_a_stream_of_requests_across_a_live_switch_never_fails(service):
         seen = [answer[2] for answer in answers if answer[0] == thread]
         assert seen == sorted(seen)
     assert all(answer[2] == 1 for answer in answers if answer[1] < switched_at)
-    for _, _, sequence, ids, query in answers:   # every answer is the exact answer of the index that gave it
-        generation = (service.first.vectors, service.first.ids) if sequence == 1 else (second_vectors, second_ids)
-        assert ids == exact_top_k(*generation, queries[query], 5)[0]
+    for thread, _, sequence, ids, query in answers:   # each answer is the exact one of the index that gave it
+        first = service.first
+        vectors, index_ids, metadata = ((first.vectors, first.ids, first.metadata) if sequence == 1
+                                        else (second_vectors, second_ids, second_metadata))
+        allowed = metadata["label"].isin(vans).to_numpy() if thread % 2 else None
+        assert ids == exact_top_k(vectors, index_ids, queries[query], 5, allowed)[0]
     live = service.live()
     assert (live["index"], live["accepts_images"], live["last_error"]) == (f"indexes/{NAME}/gen-2", False, None)
     refused = service.post({"image": base64.b64encode(b"x").decode()})
