@@ -10,7 +10,8 @@ the live generation changed it loads the new one completely and only then assign
 attribute. Assigning a Python attribute is atomic, so a request, which reads the attribute
 once and keeps that object until it answers, finishes on the generation it started with,
 and every request after the assignment uses the new one: no request fails or mixes two
-indexes across a switch. The old generation is freed when its last request lets go of it.
+indexes across a switch. The old generation is freed when its last request lets go of it,
+so a replica needs memory for two generations while it switches.
 
 `components.release.live` keeps an index that stopped being live until the pointer has moved
 `keep_generations` further, so an index the follower has just resolved is still there to
