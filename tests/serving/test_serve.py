@@ -138,14 +138,15 @@ def service(tmp_path_factory):
     context = StageContext(config, Console(stderr=True), stage="serve", verbose=True)
     port = free_port()
     args = serve_args("--port", str(port), "--name", NAME, "--poll-seconds", "0.5")
-    info = start_service(config, context, args)
-    assert info["token_required"] and info["url"] == f"http://127.0.0.1:{port}"
-    first = Generation(first_uri, vectors, np.arange(COUNT), metadata_table(COUNT, seed=2))
     try:
+        info = start_service(config, context, args)
+        assert info["token_required"] and info["url"] == f"http://127.0.0.1:{port}"
+        first = Generation(first_uri, vectors, np.arange(COUNT), metadata_table(COUNT, seed=2))
         yield Service(info["url"], str(root), first, chips, model_uri, config, context)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():   # serve.shutdown() without Ray would start one to look for Serve
+            serve.shutdown()
+            ray.shutdown()
         patch.undo()
 
 
