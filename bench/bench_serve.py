@@ -221,6 +221,7 @@ def main() -> int:
                                        on_tick=switch_later))
         new_sequence = read_pointer(store, NAME).live.sequence
         failed = sum(r[2] != 200 for r in switching)
+        sp50, sp99 = percentiles_ms(switching)
         first_new = min((r[0] + r[1] for r in switching if r[3] == new_sequence), default=None)
         picked_up_s = None if first_new is None else first_new - switch_at[0]
         recall = recall_at_k(url, token, vectors[:args.vectors], queries[:200], args.k)
@@ -238,6 +239,7 @@ def main() -> int:
         "switch": {"clients": args.clients, "seconds": args.seconds, "requests": len(switching), "failed": failed,
                    "from": live_before, "to": target, "new_sequence": new_sequence,
                    "answered_by_new": sum(r[3] == new_sequence for r in switching),
+                   "p50_ms": round(sp50, 2), "p99_ms": round(sp99, 2),
                    "new_generation_answering_after_s": None if picked_up_s is None else round(picked_up_s, 2)},
         f"recall@{args.k}_vs_exact": round(recall, 4),
         "replicas": args.replicas,
@@ -257,6 +259,7 @@ def main() -> int:
         ("switch under load: requests", f"{len(switching)}"),
         ("switch under load: failed requests", f"{failed}   (must be 0)"),
         ("switch under load: answered by the new index", f"{figures['switch']['answered_by_new']}"),
+        ("switch under load: p50 / p99 latency (ms)", f"{sp50:.1f} / {sp99:.1f}"),
         ("switch: first answer from the new index (s)", "never" if picked_up_s is None else f"{picked_up_s:.2f}"),
         (f"recall@{args.k} of served answers vs exact", f"{recall:.3f}"),
     ]

@@ -7,7 +7,9 @@ own output goes to a log file (its path printed once) unless `--verbose`.
 
 Exit codes: 0 done · 2 config error (a bad key or value, a path the config names that is not
 there) · 3 data error (an input that does not fit, an earlier stage not run) · 4 resource error
-(the cluster cannot provide what the config asks) · 1 anything else: a bug, with its traceback.
+(the cluster cannot provide what the config asks) · 5 (retrain, promote, rollback) another of them
+holds the lock on the storage root and did not release it within retrain.lock_wait seconds ·
+1 anything else: a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -77,8 +79,36 @@ def _search(config: Config, context: StageContext, args: argparse.Namespace) -> 
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else None
     time_range = (args.time_from, args.time_to) if (args.time_from or args.time_to) else None
     search_filter = SearchFilter(labels=args.label or None, bbox=bbox, time_range=time_range, scene_ids=args.scene or None)
-    return run_search(args.index, args.image, args.embedding, args.k, search_filter, args.grid, args.query_label,
-                      context.console)
+    index_uri = args.index
+    if index_uri is None:   # the index in service for retrain.name (indexes/<name>/LIVE.json)
+        from components.release import resolve_live
+
+        index_uri = resolve_live(context.store, config.retrain.name)
+        context.console.log(f"[search] live index of {config.retrain.name!r}: {index_uri}")
+    result = run_search(index_uri, args.image, args.embedding, args.k, search_filter, args.grid, args.query_label,
+                        context.console)
+    return {**result, "live": args.index is None}
+
+
+def _retrain(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.retrain import run_retrain, summary_table
+
+    result = run_retrain(config, context)
+    if result["decision"] != "no_change":
+        context.console.print(summary_table(result))
+    return result
+
+
+def _promote(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.retrain import run_promote
+
+    return run_promote(config, context, args.version)
+
+
+def _rollback(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.retrain import run_rollback
+
+    return run_rollback(config, context)
 
 
 def _run(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -96,11 +126,15 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "index": (_index, "embed a dataset version and build a sharded FAISS index (conf/index/*.yaml)"),
     "search": (_search, "query an index with an image (or an embedding), with metadata filters"),
     "run": (_run, "run the whole pipeline on a config"),
+    "retrain": (_retrain, "ingest new imagery, fine-tune a challenger from the champion, promote it only if it passes "
+                          "the gate (registry alias + live index switch)"),
+    "promote": (_promote, "put registered model version N into service (index, live pointer, champion alias)"),
+    "rollback": (_rollback, "put the previous live index and its model back into service"),
 }
 
 
 # Stages that write under storage.root (checked before any work starts).
-WRITING_STAGES = ("ingest", "train", "tune", "evaluate", "index", "compare", "run")
+WRITING_STAGES = ("ingest", "train", "tune", "evaluate", "index", "compare", "run", "retrain", "promote", "rollback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="key=value",
                          help="config overrides, e.g. data.source=folder data.root=DIR")
         if name == "search":
-            sub.add_argument("--index", required=True, help="index folder URI (printed by `chipmatch index`)")
+            sub.add_argument("--index", help="index folder URI (printed by `chipmatch index`); default: the live "
+                                              "index of retrain.name (indexes/<name>/LIVE.json)")
             sub.add_argument("--image", help="query chip (PNG, JPEG, TIFF)")
             sub.add_argument("--embedding", help="query embedding (.npy) instead of an image")
             sub.add_argument("-k", type=int, default=10, help="results (default 10)")
@@ -125,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--time-from", help="only results at or after this time (ISO 8601)")
             sub.add_argument("--time-to", help="only results at or before this time (ISO 8601)")
             sub.add_argument("--scene", action="append", help="only results from this scene id (repeatable)")
+        if name == "promote":
+            sub.add_argument("--version", type=int, required=True, help="registered model version to put into service")
         if name == "compare":
             sub.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
             sub.add_argument("--sort", default="mAP", help="column to sort by (default: mAP)")

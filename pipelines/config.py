@@ -29,6 +29,7 @@ from components.evaluation.config import EvaluateConfig
 from components.index.config import IndexConfig
 from components.losses.config import LossConfig
 from components.models.config import ModelConfig
+from components.release.config import RetrainConfig
 from components.storage.config import StorageConfig
 from components.tracking.config import TrackingConfig
 from components.training.config import TrainConfig
@@ -84,6 +85,7 @@ class Config(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     index: IndexConfig = IndexConfig()
     tune: SweepConfig | None = None   # `chipmatch tune`: conf/tune/<name>.yaml
+    retrain: RetrainConfig = RetrainConfig()   # `chipmatch retrain` / `promote` / `rollback`
 
     @model_validator(mode="after")
     def _runs_reference_earlier_runs(self) -> "Config":

@@ -1,0 +1,271 @@
+"""`chipmatch retrain`, `promote`, `rollback` and `search` on the live index, end to end: the real
+CLI on a real Ray session, a real sqlite MLflow store and registry, real FAISS indexes.
+
+Imagery arrives as batches of rendered synthetic vehicles (tiny preset) in a manifest table
+(`data.source=manifest`): each batch's files live under their own folder, so their keys sort
+after the earlier ones and a new version can reuse every full shard of the previous one.
+
+The tests share one world (module fixture: the bootstrap) and run in file order, each one
+reading the state it starts from rather than assuming it: cycle 1 (with the three injected
+faults), cycle 3 (no new imagery), cycle 2 (a worse challenger), the lock, promote/rollback.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from components.release import decide, read_pointer, retrain_lock
+from components.storage import Store
+from components.synthetic import render_item, synthetic_items
+from components.tracking import registry
+from pipelines import cli
+from pipelines.retrain import BUSY_EXIT_CODE, FAULT_ENV, FAULT_POINTS, InjectedFault
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+NAME = "cars"
+# Tolerances generous enough that cycle 1's gate is decided by the primary metric; the glob
+# exercises gate.decide's expansion over the per-superclass metrics.
+GUARDED = '{"benchmark/R@1": 1.0, "benchmark/mAP/superclass/*": 1.0, "new/mAP": 1.0}'
+
+
+class World:
+    """A storage root, an imagery table that grows by batches, and the CLI on top."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.store_root = root / "store"
+        self.table = root / "imagery" / "chips.csv"
+        self.table.parent.mkdir(parents=True)
+        by_class = defaultdict(list)
+        for item in synthetic_items("tiny"):
+            by_class[item.model_index].append(item)
+        self.classes = [by_class[i] for i in sorted(by_class)]
+        self.rows: list[dict[str, str]] = []
+
+    def add_batch(self, batch: str, classes: range, images: slice = slice(None)) -> None:
+        """Render the `images` of each class in `classes` under imagery/<batch>/ and list them."""
+        for items in (self.classes[i] for i in classes):
+            for item in items[images]:
+                relative = f"{batch}/{item.key}.png"
+                path = self.table.parent / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                buffer = io.BytesIO()
+                Image.fromarray(render_item(item)).save(buffer, format="PNG")
+                path.write_bytes(buffer.getvalue())
+                self.rows.append({"path": relative, "label": item.label, "superclass": item.superclass})
+        with open(self.table, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "label", "superclass"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def overrides(self, *extra: str) -> list[str]:
+        return [
+            "data.source=manifest", f"data.path={self.table}", f"data.name={NAME}",
+            f"storage.root={self.store_root}", "shard.samples_per_shard=40", "shard.channels=1",
+            "split.seen_fraction=0.6", "split.val_fraction=0.15",
+            "runs=[{name: base, loss: triplet}]", "train.epochs=2", "train.lr=0.002",
+            "train.cpus_per_worker=1", "train.loader_workers=0", "train.classes_per_batch=8",
+            "train.images_per_class=4", "evaluate.taps=[embedding]", "evaluate.ks=[1,2,4]",
+            "tracking.experiment=retrain-test", f"retrain.name={NAME}", "retrain.margin=0.0",
+            f"retrain.guarded={GUARDED}", *extra,
+        ]
+
+    def cli(self, capsys, command: str, *extra: str, flags: tuple[str, ...] = ()) -> tuple[int, dict]:
+        capsys.readouterr()
+        code = cli.main([command, "--json", "--verbose", *flags, *self.overrides(*extra)])
+        lines = capsys.readouterr().out.strip().splitlines()
+        return code, json.loads(lines[-1])
+
+    @property
+    def store(self) -> Store:
+        return Store(str(self.store_root))
+
+    @property
+    def tracking(self) -> str:
+        return f"sqlite:///{self.store_root}/mlflow.db"
+
+    def champion(self) -> int | None:
+        found = registry.by_alias(self.tracking, NAME, registry.CHAMPION)
+        return found.version if found else None
+
+    def previous(self) -> int | None:
+        found = registry.by_alias(self.tracking, NAME, registry.PREVIOUS)
+        return found.version if found else None
+
+    def live_state(self) -> dict[str, str]:
+        """sha256 of the pointer and of every file of the index it names."""
+        pointer_path = self.store_root / "indexes" / NAME / "LIVE.json"
+        state = {"LIVE.json": _sha(pointer_path)}
+        pointer = read_pointer(self.store, NAME)
+        assert pointer is not None
+        folder = self.store_root / pointer.live.index
+        state.update({str(p.relative_to(folder)): _sha(p) for p in sorted(folder.rglob("*")) if p.is_file()})
+        return state
+
+    def files(self) -> dict[str, tuple[int, int]]:
+        """Every file under the storage root but the MLflow database (size, mtime)."""
+        return {str(p.relative_to(self.store_root)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in self.store_root.rglob("*") if p.is_file() and not p.name.startswith("mlflow.db")}
+
+    def decision_runs(self) -> list:
+        client = MlflowClient(self.tracking)
+        experiment = client.get_experiment_by_name(f"retrain-{NAME}")
+        return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shard_files(world: World) -> set[str]:
+    return {p.name for p in (world.store_root / "shards").iterdir() if ".tmp-" not in p.name}
+
+
+def _manifest(uri: str) -> dict:
+    return json.loads(Path(uri).read_text())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The bootstrap: 14 classes of imagery, the first retrain trains and promotes version 1."""
+    world = World(tmp_path_factory.mktemp("retrain"))
+    world.add_batch("batch1", range(0, 14))
+    code = cli.main(["retrain", "--verbose", *world.overrides()])
+    assert code == 0
+    assert world.champion() == 1 and world.previous() is None
+    return world
+
+
+def test_bootstrap_promotes_the_first_model_and_search_uses_the_live_index(world, capsys, tmp_path):
+    [run] = [r for r in world.decision_runs() if r.data.tags["decision"] == "bootstrap"]
+    pointer = read_pointer(world.store, NAME)
+    assert pointer is not None and pointer.sequence == 1
+    version = registry.get_version(world.tracking, NAME, 1)
+    assert version is not None and version.run_id == run.data.tags[registry.TAG_CHALLENGER_RUN]
+    query = tmp_path / "query.npy"
+    np.save(query, np.random.default_rng(0).standard_normal(128).astype(np.float32))
+    code, result = world.cli(capsys, "search", flags=("--embedding", str(query), "-k", "3"))
+    assert code == 0 and result["live"] is True
+    assert result["index"] == world.store.uri_of(pointer.live.index) and result["counts"]["results"] == 3
+
+
+def test_cycle1_new_imagery_promotes_and_a_killed_retrain_changes_nothing_until_rerun(world, capsys, monkeypatch):
+    champion_before, live_before = world.champion(), world.live_state()
+    parent = json.loads((world.store_root / "datasets" / NAME / "LATEST.json").read_text())["version"]
+    shards_before = _shard_files(world)
+    world.add_batch("batch2", range(14, 20))     # six new classes
+    world.add_batch("batch2", range(0, 14), slice(0, 2))   # and more images of the known ones (new keys)
+
+    for point in FAULT_POINTS:   # killed after training, mid index build, just before the switch
+        monkeypatch.setenv(FAULT_ENV, point)
+        with pytest.raises(InjectedFault, match=point):
+            cli.main(["retrain", "--verbose", *world.overrides()])
+        assert world.champion() == champion_before, point
+        assert world.live_state() == live_before, point
+    monkeypatch.delenv(FAULT_ENV)
+
+    code, result = world.cli(capsys, "retrain")
+    assert code == 0, result
+    # A new version whose new shards are the only ones written; the full old ones are reused.
+    new, old = _manifest(result["manifest"]), _manifest(str(world.store_root / "datasets" / NAME / parent / "manifest.json"))
+    assert new["parent"] == parent and result["dataset_version"] != parent
+    new_names = {Path(s["name"]).name for s in new["shards"]}
+    old_names = {Path(s["name"]).name for s in old["shards"]}
+    assert new_names & old_names, "no shard of the previous version was reused"
+    assert _shard_files(world) - shards_before == new_names - old_names
+    # The decision is the gate's on the recorded numbers, and it is recorded in MLflow.
+    metrics = result["metrics"]
+    expected = decide(metrics["champion"], metrics["challenger"], primary="benchmark/mAP", min_improvement=0.0,
+                      guarded=json.loads(GUARDED))
+    assert result["promoted"] == expected.promote and result["reason"] == expected.reason
+    assert any(k.startswith("benchmark/mAP/superclass/") for k in metrics["champion"])
+    run = MlflowClient(world.tracking).get_run(result["mlflow_run_id"])
+    assert run.data.tags["decision"] == result["decision"]
+    assert run.data.metrics["challenger/benchmark/mAP"] == pytest.approx(metrics["challenger"]["benchmark/mAP"])
+    assert run.data.metrics["champion/benchmark/mAP"] == pytest.approx(metrics["champion"]["benchmark/mAP"])
+    # A fine-tuned challenger on more data beats the two-epoch bootstrap: alias and pointer move.
+    assert result["decision"] == "promote", result["reason"]
+    assert world.champion() == result["version"] == champion_before + 1
+    assert world.previous() == champion_before
+    pointer = read_pointer(world.store, NAME)
+    assert pointer is not None and world.store.uri_of(pointer.live.index) == result["index"]
+    assert pointer.previous[0].index != pointer.live.index
+    assert len(registry.versions(world.tracking, NAME)) == 2   # the faulted attempts registered nothing extra
+
+
+def test_cycle3_no_new_imagery_is_a_no_op(world, capsys):
+    files, runs, live = world.files(), len(world.decision_runs()), world.live_state()
+    versions = len(registry.versions(world.tracking, NAME))
+    code, result = world.cli(capsys, "retrain")
+    assert code == 0 and result["decision"] == "no_change" and result["promoted"] is False
+    assert world.files() == files and world.live_state() == live
+    assert len(world.decision_runs()) == runs and len(registry.versions(world.tracking, NAME)) == versions
+
+
+def test_cycle2_a_worse_challenger_is_not_promoted(world, capsys):
+    champion, previous, live = world.champion(), world.previous(), world.live_state()
+    world.add_batch("batch3", range(20, 24))
+    worse = ("retrain.recipe=config", "train.epochs=1", "train.lr=10.0")   # one epoch at a learning rate that diverges
+    code, result = world.cli(capsys, "retrain", *worse)
+    assert code == 0 and result["decision"] == "not_promoted" and result["promoted"] is False, result
+    assert world.champion() == champion and world.previous() == previous and world.live_state() == live
+    metrics = result["metrics"]
+    if all(np.isfinite(v) for side in metrics.values() for v in side.values()):
+        assert not decide(metrics["champion"], metrics["challenger"], primary="benchmark/mAP", min_improvement=0.0,
+                          guarded=json.loads(GUARDED)).promote
+    assert MlflowClient(world.tracking).get_run(result["mlflow_run_id"]).data.tags["decision"] == "not_promoted"
+    # The same pair is not gated again every night.
+    code, again = world.cli(capsys, "retrain", *worse)
+    assert code == 0 and again["decision"] == "no_change" and world.live_state() == live
+
+
+def test_a_second_retrain_waits_for_the_lock_or_exits_with_a_clear_message(world, capsys):
+    held = retrain_lock(world.store, purpose="retrain")
+    held.acquire()
+    try:
+        started = time.monotonic()
+        code, result = world.cli(capsys, "retrain", "retrain.lock_wait=1")
+        assert code == BUSY_EXIT_CODE and result["exit_code"] == BUSY_EXIT_CODE
+        assert "another retrain" in result["error"] and "held by" in result["error"]
+        assert time.monotonic() - started < 60
+    finally:
+        releaser = threading.Timer(2.0, held.release)
+        releaser.start()
+    code, result = world.cli(capsys, "retrain", "retrain.lock_wait=60")   # waits until the holder is done
+    releaser.join()
+    assert code == 0 and result["decision"] == "no_change"
+
+
+def test_rollback_and_promote_round_trip(world, capsys):
+    champion, previous = world.champion(), world.previous()
+    assert champion is not None and previous is not None
+    live_index = read_pointer(world.store, NAME).live.index   # type: ignore[union-attr]
+    live = world.live_state()
+
+    code, result = world.cli(capsys, "rollback")
+    assert code == 0 and result["champion_version"] == previous
+    assert world.champion() == previous and world.previous() is None
+    assert read_pointer(world.store, NAME).previous == ()   # type: ignore[union-attr]
+
+    code, result = world.cli(capsys, "promote", flags=("--version", str(champion)))
+    assert code == 0 and result["champion_version"] == champion
+    assert world.champion() == champion and world.previous() == previous
+    pointer = read_pointer(world.store, NAME)
+    assert pointer is not None and pointer.live.index == live_index
+    after = world.live_state()
+    assert {k: v for k, v in after.items() if k != "LIVE.json"} == {k: v for k, v in live.items() if k != "LIVE.json"}
+
+    code, result = world.cli(capsys, "promote", flags=("--version", "99"))
+    assert code == 2 and "no such version" in result["error"]
