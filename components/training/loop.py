@@ -322,7 +322,6 @@ def train(job: TrainJob, reporter: Reporter | None = None, on_step: StepHook | N
             progress.add(value.item(), len(batch["positions"]), _diagnostics(inner.loss))
             if on_step is not None:
                 on_step(epoch, step, batch["positions"], images)
-            _maybe_inject_failure(job, epoch, rank, world)
             global_step = epoch * steps_per_epoch + step + 1
             if every and global_step % every == 0 and step + 1 < steps_per_epoch:   # the epoch's end reports anyway
                 progress.seconds += time.time() - started
@@ -334,6 +333,7 @@ def train(job: TrainJob, reporter: Reporter | None = None, on_step: StepHook | N
                                   "epoch_progress": progress.to_dict(), "mid_epoch": True}
                 reporter.report({"global_step": global_step, "epoch_in_progress": epoch, "step_in_epoch": step + 1},
                                 checkpoint)
+            _maybe_inject_failure(job, epoch, rank, world)   # after the step's checkpoint, if it has one
         seconds = progress.seconds + time.time() - started
         state["train_seconds"] += seconds
         state["epoch"] = epoch + 1
@@ -400,7 +400,8 @@ def _diagnostics(loss) -> dict[str, float] | None:
 
 
 def _maybe_inject_failure(job: TrainJob, epoch: int, rank: int, world: int) -> None:
-    """Test hook: kill one worker process once, during epoch `train.fail_at_epoch` (0-based)."""
+    """Test hook: kill one worker process once, at the first step of epoch `train.fail_at_epoch`
+    (0-based), after that step's mid-epoch checkpoint when it has one."""
     fail_at = job.train.fail_at_epoch
     if fail_at is None or epoch != fail_at or rank != world - 1:
         return

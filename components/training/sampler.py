@@ -44,7 +44,8 @@ With world_size dividing P every chunk lies inside one rank's slice and this nev
 
 Resume. Batches depend only on (seed, epoch); ``set_epoch(epoch, start_batch=b)`` (or
 ``load_state_dict``) skips the first b batches without loading any data, so a run resumed
-mid-epoch sees exactly the batches it would have seen.
+mid-epoch sees exactly the batches it would have seen. ``state_dict(batches_done=...)`` is
+what a checkpoint keeps (`components.training.epochs`, shared with the label sampler).
 """
 
 from __future__ import annotations

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import mlflow
 import pytest
+import torch
 
+from components.storage import Layout, Store
 from components.training.checkpoint import load_bundle
+from components.training.loop import STEP_CHECKPOINT_FILE
 from pipelines.config import load_config
 from pipelines.context import tracking_uri
+from pipelines.epochs import epoch_checkpoints
 from pipelines.train import run_train
 
 pytestmark = pytest.mark.slow
@@ -24,13 +31,28 @@ def tiny_train_config(root: str, manifest: str, *overrides: str):
 
 def test_killed_worker_resumes_from_the_last_checkpoint(tiny_dataset, ray_session, capsys):
     root, manifest = tiny_dataset
+    # 3 steps per epoch; a mid-epoch checkpoint at global step 7 (epoch 2, first step), right
+    # before the injected failure of a worker at that step.
     config = tiny_train_config(root, manifest, "train.epochs=3", "train.num_workers=2",
-                               "train.fail_at_epoch=2", "train.max_failures=1")
+                               "train.fail_at_epoch=2", "train.max_failures=1", "train.checkpoint_every_steps=7")
     [run] = run_train(config, _console())
     assert run.metrics["epoch"] == 3
-    # The worker died during the third epoch: the group restarted from a checkpoint (epoch 2,
-    # or epoch 1 if the controller had not registered the newest one yet), not from scratch.
+    # The worker died during the third epoch: the group restarted from a checkpoint (mid-epoch
+    # 2 after its first step, the end of epoch 2, or of epoch 1 if the controller had not
+    # registered the newest ones yet), not from scratch.
     assert run.metrics["resumed_from_epoch"] in (1, 2)
+    assert run.metrics["resumed_from_step"] in (3, 6, 7), run.metrics
+    # Ray keeps the last two registered checkpoints, the mid-epoch one of step 7 and epoch 3's
+    # end, plus those the controller never registered (its health check polls every 2 s, so
+    # whether the group resumed at step 7 or earlier is a race). The mid-epoch ones (state
+    # epoch 2, written after epoch 2's end) never stand in for an epoch's checkpoint.
+    step_files = list(Path(root, Layout.ray_results()).rglob(STEP_CHECKPOINT_FILE))
+    [run_folder] = {path.parents[1] for path in step_files}
+    assert all(torch.load(path, weights_only=False)["mid_epoch"] for path in step_files)
+    store = Store(str(run_folder.parent))
+    epochs = epoch_checkpoints(store, run_folder.name)
+    assert 3 in epochs and not any(torch.load(io.BytesIO(store.read_bytes(path)), weights_only=False).get("mid_epoch")
+                                   for path in epochs.values()), epochs
     bundle = load_bundle(run.model_uri)
     assert bundle["loss_name"] == "triplet" and bundle["epoch"] >= 1
     client = mlflow.tracking.MlflowClient(tracking_uri(config))
