@@ -5,7 +5,7 @@ Imagery arrives as batches of rendered synthetic vehicles (tiny preset) in a man
 (`data.source=manifest`): each batch's files live under their own folder, so their keys sort
 after the earlier ones and a new version can reuse every full shard of the previous one.
 
-The tests share one world (module fixture: the bootstrap) and run in file order, each one
+The heavy tests share one world (module fixture: the bootstrap) and run in file order, each one
 reading the state it starts from rather than assuming it: cycle 1 (with the three injected
 faults), cycle 3 (no new imagery), cycle 2 (a worse challenger), the lock, promote/rollback.
 """
@@ -32,8 +32,8 @@ from components.synthetic import render_item, synthetic_items
 from components.tracking import registry
 from pipelines import cli
 from pipelines.retrain import BUSY_EXIT_CODE, FAULT_ENV, FAULT_POINTS, InjectedFault
+from tests.conftest import _start_shared_ray
 
-pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 NAME = "cars"
 # Tolerances generous enough that cycle 1's gate is decided by the primary metric; the glob
 # exercises gate.decide's expansion over the per-superclass metrics.
@@ -140,6 +140,7 @@ def _manifest(uri: str) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The bootstrap: 14 classes of imagery, the first retrain trains and promotes version 1."""
+    _start_shared_ray()
     world = World(tmp_path_factory.mktemp("retrain"))
     world.add_batch("batch1", range(0, 14))
     code = cli.main(["retrain", "--verbose", *world.overrides()])
@@ -148,6 +149,7 @@ def world(tmp_path_factory):
     return world
 
 
+@pytest.mark.slow
 def test_bootstrap_promotes_the_first_model_and_search_uses_the_live_index(world, capsys, tmp_path):
     [run] = [r for r in world.decision_runs() if r.data.tags["decision"] == "bootstrap"]
     pointer = read_pointer(world.store, NAME)
@@ -161,6 +163,7 @@ def test_bootstrap_promotes_the_first_model_and_search_uses_the_live_index(world
     assert result["index"] == world.store.uri_of(pointer.live.index) and result["counts"]["results"] == 3
 
 
+@pytest.mark.slow
 def test_cycle1_new_imagery_promotes_and_a_killed_retrain_changes_nothing_until_rerun(world, capsys, monkeypatch):
     champion_before, live_before = world.champion(), world.live_state()
     parent = json.loads((world.store_root / "datasets" / NAME / "LATEST.json").read_text())["version"]
@@ -205,6 +208,7 @@ def test_cycle1_new_imagery_promotes_and_a_killed_retrain_changes_nothing_until_
     assert len(registry.versions(world.tracking, NAME)) == 2   # the faulted attempts registered nothing extra
 
 
+@pytest.mark.slow
 def test_cycle3_no_new_imagery_is_a_no_op(world, capsys):
     files, runs, live = world.files(), len(world.decision_runs()), world.live_state()
     versions = len(registry.versions(world.tracking, NAME))
@@ -214,6 +218,7 @@ def test_cycle3_no_new_imagery_is_a_no_op(world, capsys):
     assert len(world.decision_runs()) == runs and len(registry.versions(world.tracking, NAME)) == versions
 
 
+@pytest.mark.slow
 def test_cycle2_a_worse_challenger_is_not_promoted(world, capsys):
     champion, previous, live = world.champion(), world.previous(), world.live_state()
     world.add_batch("batch3", range(20, 24))
@@ -231,6 +236,7 @@ def test_cycle2_a_worse_challenger_is_not_promoted(world, capsys):
     assert code == 0 and again["decision"] == "no_change" and world.live_state() == live
 
 
+@pytest.mark.slow
 def test_a_second_retrain_waits_for_the_lock_or_exits_with_a_clear_message(world, capsys):
     held = retrain_lock(world.store, purpose="retrain")
     held.acquire()
@@ -248,6 +254,7 @@ def test_a_second_retrain_waits_for_the_lock_or_exits_with_a_clear_message(world
     assert code == 0 and result["decision"] == "no_change"
 
 
+@pytest.mark.slow
 def test_rollback_and_promote_round_trip(world, capsys):
     champion, previous = world.champion(), world.previous()
     assert champion is not None and previous is not None
@@ -269,3 +276,26 @@ def test_rollback_and_promote_round_trip(world, capsys):
 
     code, result = world.cli(capsys, "promote", flags=("--version", "99"))
     assert code == 2 and "no such version" in result["error"]
+
+
+@pytest.mark.parametrize("override,names", [
+    ('retrain.guarded={"benchmark/R@3": 0.1}', ["retrain.guarded", "evaluate.ks"]),
+    ("retrain.run=nope", ["retrain.run", "base"]),
+    ("retrain.primary=mAP", ["retrain.primary", "benchmark/<metric>"]),
+    ('retrain.guarded={"new/mAP": -1}', ["retrain.guarded", "tolerance"]),
+])
+def test_retrain_settings_are_checked_before_any_work(tmp_path, capsys, override, names):
+    """Bad `retrain` settings exit 2 naming the key, before the lock, Ray or any output."""
+    capsys.readouterr()
+    code = cli.main(["retrain", "--json", "--verbose", "data=synthetic_tiny", f"storage.root={tmp_path}",
+                     "runs=[{name: base, loss: triplet}]", override])
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert code == 2, error
+    assert all(name in error for name in names), error
+    assert not (tmp_path / "locks").exists() and not (tmp_path / "datasets").exists()
+
+
+def test_an_unknown_fault_point_is_a_config_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "after_lunch")
+    code = cli.main(["retrain", "--verbose", "data=synthetic_tiny", f"storage.root={tmp_path}"])
+    assert code == 2 and "after_training" in capsys.readouterr().err
