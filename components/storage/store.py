@@ -15,6 +15,10 @@ import pyarrow.fs as pafs
 from components.errors import ConfigError
 
 TEMP_MARKER = ".tmp-"
+# Read-ahead of sequential streams. Unbuffered, pyarrow's S3 stream sends one ranged GET per
+# read() call, and tarfile reads 10 KiB records: a 1 MB shard took 106 requests, 1 with this
+# buffer (measured on moto's server). Random access (`ChipReader`) uses open_input_file instead.
+STREAM_BUFFER_BYTES = 4 << 20
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -106,7 +110,7 @@ class Store:
     # -- reading ------------------------------------------------------------------------
     def read_bytes(self, relative: str) -> bytes:
         try:
-            with self.fs.open_input_stream(self.path(relative)) as stream:
+            with self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES) as stream:
                 return stream.read()
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.uri_of(relative)} does not exist") from exc
@@ -115,7 +119,8 @@ class Store:
         return json.loads(self.read_bytes(relative).decode("utf-8"))
 
     def open_input(self, relative: str):
-        return self.fs.open_input_stream(self.path(relative))
+        """A sequential, read-ahead stream (see STREAM_BUFFER_BYTES)."""
+        return self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES)
 
     # -- writing ------------------------------------------------------------------------
     def write_bytes(self, relative: str, data: bytes) -> None:
