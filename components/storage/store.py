@@ -8,6 +8,8 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -40,6 +42,11 @@ def remote_hint(root_uri: str) -> str:
         return ("; for s3:// check that the bucket exists and the environment: AWS_ENDPOINT_URL (an "
                 "S3-compatible store such as MinIO), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION")
     return ""
+
+
+class StoreUnreachable(ConfigError, OSError):
+    """An object store refused or could not answer a read (endpoint, credentials, bucket): a
+    config error for the CLI (exit 2, no traceback), still an OSError for callers that catch one."""
 
 
 class Store:
@@ -83,16 +90,31 @@ class Store:
             raise ConfigError(f"storage.root {self.uri!r} is not writable ({exc}); set storage.root to a "
                              f"writable local path or a reachable s3://, gs:// URI{remote_hint(self.uri)}") from None
 
+    @contextmanager
+    def _reaching(self, relative: str) -> Iterator[None]:
+        """Name the URI and the settings to check when an object store fails a read (a missing
+        file stays FileNotFoundError; local filesystem errors pass unchanged)."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if "://" not in self.uri or self.uri.startswith("file://") or isinstance(exc, StoreUnreachable):
+                raise
+            raise StoreUnreachable(f"{self.uri_of(relative)} cannot be read ({exc}){remote_hint(self.uri)}") from None
+
     # -- queries ------------------------------------------------------------------------
     def exists(self, relative: str) -> bool:
-        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+        with self._reaching(relative):
+            return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
     def list(self, relative: str = "", recursive: bool = False) -> list[str]:
         """Relative paths of the files (not directories) below `relative`; [] if it is absent."""
         base = self.path(relative)
-        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        with self._reaching(relative):
+            if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+                return []
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
         prefix = self.root.rstrip("/") + "/"
         return sorted(
             info.path[len(prefix):] if info.path.startswith(prefix) else info.path
@@ -102,15 +124,17 @@ class Store:
 
     def list_dirs(self, relative: str = "") -> builtins.list[str]:   # `list` is the method above
         base = self.path(relative)
-        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        with self._reaching(relative):
+            if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+                return []
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=False))
         return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
 
     # -- reading ------------------------------------------------------------------------
     def read_bytes(self, relative: str) -> bytes:
         try:
-            with self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES) as stream:
+            with self._reaching(relative), \
+                    self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES) as stream:
                 return stream.read()
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.uri_of(relative)} does not exist") from exc
@@ -120,7 +144,8 @@ class Store:
 
     def open_input(self, relative: str):
         """A sequential, read-ahead stream (see STREAM_BUFFER_BYTES)."""
-        return self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES)
+        with self._reaching(relative):
+            return self.fs.open_input_stream(self.path(relative), buffer_size=STREAM_BUFFER_BYTES)
 
     # -- writing ------------------------------------------------------------------------
     def write_bytes(self, relative: str, data: bytes) -> None:

@@ -300,3 +300,15 @@ def test_an_s3_root_without_tracking_uri_is_a_config_error_naming_tracking_uri(s
     assert result.returncode == 2, result.stderr[-3000:]
     assert "set tracking.uri" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_read_only_stage_with_wrong_credentials_names_the_uri(s3, tmp_path):
+    """search writes nothing (no write check before it): its first read is refused, and that is
+    reported as such, with the settings to check, not as a traceback."""
+    endpoint, key_id, _ = s3
+    env = user_environment(endpoint.url, key_id, "not-the-secret", tmp_path / "home")
+    index = f"{ROOT}/indexes/synthetic_cars/v/run/Flat-1"
+    result = chipmatch(["search", "--index", index, "--image", str(tmp_path / "query.png")], env, tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{index}/" in result.stderr and "cannot be read" in result.stderr and "AWS_ACCESS_KEY_ID" in result.stderr
+    assert "Traceback" not in result.stderr
