@@ -80,6 +80,10 @@ def run_tune(config: Config, context: StageContext | Console | None = None) -> S
                           "or add a `tune:` section to the config")
     context = stage_context(config, context)
     sweep, store, console = config.tune, context.store, context.console
+    if config.train.checkpoint_every_steps is not None or "train.checkpoint_every_steps" in sweep.space:
+        # Tune requires the sweep's metric in every result; a mid-epoch checkpoint's report has none.
+        raise ConfigError("train.checkpoint_every_steps cannot be used by a sweep (Ray Tune needs the metric in every "
+                          "report; mid-epoch reports carry none): set train.checkpoint_every_steps=null for `chipmatch tune`")
     base = base_raw(config)
     apply_value(base, "train.dataset", context.dataset)
     base_config = validate(base)

@@ -163,6 +163,17 @@ def test_tune_without_a_sweep_says_how_to_select_one():
         run_tune(load_config(None), Console(quiet=True))
 
 
+def test_a_sweep_refuses_mid_epoch_checkpoints_before_any_work(tmp_path):
+    from rich.console import Console
+
+    from pipelines.tune import run_tune
+
+    config = load_config(None, [f"storage.root={tmp_path}", "tune=triplet_margin", "train.checkpoint_every_steps=50"])
+    with pytest.raises(ConfigError, match=r"train\.checkpoint_every_steps.*null"):
+        run_tune(config, Console(quiet=True))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "datasets").exists()
+
+
 TINY_SWEEP = {
     "name": "tiny", "metric": "val_mAP", "mode": "max", "num_samples": 3, "max_concurrent_trials": 3, "seed": 0,
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
