@@ -78,6 +78,7 @@ FAULT_ENV = "CHIPMATCH_FAULT_AT"
 FAULT_POINTS = ("after_training", "mid_index_build", "before_switch")
 BUSY_EXIT_CODE = 5
 SUPERCLASS_METRIC = "mAP/superclass/"
+TAG_ATTEMPT = "attempt"   # decision-run tag: hash of the recipe and gate settings
 
 # Train settings that say how a run executes on this cluster, not what it learns: taken from
 # the current config, never from the recipe recorded on the champion.
@@ -318,18 +319,21 @@ def _retrain(config: Config, context: StageContext) -> dict[str, Any]:
         return {**base, "decision": "no_change", "promoted": False,
                 "reason": f"dataset version {ingested.version} is the champion's (v{champion.version}): no new imagery"}
     experiment_id = _decisions_experiment(context, settings)
+    recipe = champion.recipe() if champion is not None and settings.recipe == "champion" else config_recipe(config)
+    # What a decision depends on besides the two models' data: a changed recipe or gate is a new attempt.
+    attempt = sha256_json({"recipe": recipe, "primary": settings.primary, "margin": settings.margin,
+                           "guarded": settings.guarded})[:16]
     if champion is not None:
         earlier = registry.decided_before(context.tracking_uri, experiment_id, {
             "dataset_version": ingested.version, registry.TAG_CHAMPION_VERSION: champion.version,
-            registry.TAG_DECISION: "not_promoted"})
+            TAG_ATTEMPT: attempt, registry.TAG_DECISION: "not_promoted"})
         if earlier is not None:
-            console.log(f"[retrain] v{champion.version} was already gated against a challenger of version "
+            console.log(f"[retrain] v{champion.version} was already gated against this recipe's challenger of version "
                         f"{ingested.version} and kept: nothing to do")
             return {**base, "decision": "no_change", "promoted": False,
-                    "reason": f"a challenger of dataset version {ingested.version} was already gated against "
-                              f"v{champion.version} and not promoted ({earlier.get('reason', '')})"}
+                    "reason": f"a challenger of dataset version {ingested.version} with the same recipe and gate was "
+                              f"already gated against v{champion.version} and not promoted ({earlier.get('reason', '')})"}
 
-    recipe = champion.recipe() if champion is not None and settings.recipe == "champion" else config_recipe(config)
     challenger_cfg = challenger_config(config, recipe, champion.source if champion else None, new_uri)
     context.dataset = new_uri
     console.rule("[bold]retrain: challenger")
@@ -352,11 +356,11 @@ def _retrain(config: Config, context: StageContext) -> dict[str, Any]:
         decision = "promote" if verdict["promote"] else "not_promoted"
     console.log(f"[retrain] {verdict['reason']}")
     decision_run = _record(context, experiment_id, settings, ingested.version, champion, challenger, recipe,
-                           champion_metrics, challenger_metrics, verdict, decision)
+                           champion_metrics, challenger_metrics, verdict, decision, attempt)
     result = {**base, "decision": decision, "promoted": verdict["promote"], "reason": verdict["reason"],
               "deltas": verdict["deltas"], "blocked_by": verdict["blocked_by"], "mlflow_run_id": decision_run,
               "challenger": {"run": challenger.name, "model": challenger.model_uri, "mlflow_run_id": challenger.run_id},
-              "metrics": {"champion": champion_metrics, "challenger": challenger_metrics}}
+              "metrics": {"champion": _json_numbers(champion_metrics), "challenger": _json_numbers(challenger_metrics)}}
     if not verdict["promote"]:
         return result
 
@@ -369,6 +373,11 @@ def _retrain(config: Config, context: StageContext) -> dict[str, Any]:
     return {**result, "version": version.version, **served}
 
 
+def _json_numbers(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Non-finite numbers as null: the --json line must stay strict JSON for scripts."""
+    return {name: value if math.isfinite(value) else None for name, value in metrics.items()}
+
+
 def _recipe_json(recipe: dict[str, Any]) -> str:
     return json.dumps(recipe, sort_keys=True)
 
@@ -376,9 +385,10 @@ def _recipe_json(recipe: dict[str, Any]) -> str:
 def _record(context: StageContext, experiment_id: str, settings: RetrainConfig, dataset_version: str,
             champion: registry.ModelVersion | None, challenger: TrainedRun, recipe: dict[str, Any],
             champion_metrics: dict[str, float], challenger_metrics: dict[str, float], verdict: dict[str, Any],
-            decision: str) -> str:
+            decision: str, attempt: str) -> str:
     """The decision as an MLflow run: both metric sets, the deltas, the decision and its reason."""
-    tags = {registry.TAG_DECISION: decision, "reason": verdict["reason"][:5000], "dataset_version": dataset_version,
+    tags = {registry.TAG_DECISION: decision, TAG_ATTEMPT: attempt, "reason": verdict["reason"][:5000],
+            "dataset_version": dataset_version,
             registry.TAG_CHAMPION_VERSION: champion.version if champion else "none",
             registry.TAG_CHALLENGER_RUN: challenger.run_id, "stage": "retrain"}
     run_id = create_run(context.tracking_uri, experiment_id, f"retrain-{dataset_version}", tags)
@@ -389,7 +399,8 @@ def _record(context: StageContext, experiment_id: str, settings: RetrainConfig, 
                         **{f"challenger/{k}": v for k, v in challenger_metrics.items()},
                         **{f"delta/{k}": v for k, v in verdict["deltas"].items()},
                         "promoted": float(verdict["promote"])})
-    logger.log_dict({"decision": decision, **verdict, "champion": champion_metrics, "challenger": challenger_metrics,
+    logger.log_dict({"decision": decision, **verdict, "champion": _json_numbers(champion_metrics),
+                     "challenger": _json_numbers(challenger_metrics),
                      "challenger_model": challenger.model_uri, "recipe": recipe}, "retrain/decision.json")
     logger.terminate()
     return run_id

@@ -38,6 +38,7 @@ NAME = "cars"
 # Tolerances generous enough that cycle 1's gate is decided by the primary metric; the glob
 # exercises gate.decide's expansion over the per-superclass metrics.
 GUARDED = '{"benchmark/R@1": 1.0, "benchmark/mAP/superclass/*": 1.0, "new/mAP": 1.0}'
+WORSE = ("retrain.recipe=config", "train.epochs=1", "train.lr=10.0")   # one epoch at a learning rate that diverges
 
 
 class World:
@@ -222,8 +223,7 @@ def test_cycle3_no_new_imagery_is_a_no_op(world, capsys):
 def test_cycle2_a_worse_challenger_is_not_promoted(world, capsys):
     champion, previous, live = world.champion(), world.previous(), world.live_state()
     world.add_batch("batch3", range(20, 24))
-    worse = ("retrain.recipe=config", "train.epochs=1", "train.lr=10.0")   # one epoch at a learning rate that diverges
-    code, result = world.cli(capsys, "retrain", *worse)
+    code, result = world.cli(capsys, "retrain", *WORSE)
     assert code == 0 and result["decision"] == "not_promoted" and result["promoted"] is False, result
     assert world.champion() == champion and world.previous() == previous and world.live_state() == live
     metrics = result["metrics"]
@@ -231,9 +231,12 @@ def test_cycle2_a_worse_challenger_is_not_promoted(world, capsys):
         assert not decide(metrics["champion"], metrics["challenger"], primary="benchmark/mAP", min_improvement=0.0,
                           guarded=json.loads(GUARDED)).promote
     assert MlflowClient(world.tracking).get_run(result["mlflow_run_id"]).data.tags["decision"] == "not_promoted"
-    # The same pair is not gated again every night.
-    code, again = world.cli(capsys, "retrain", *worse)
+    # The same pair is not gated again every night; a changed gate is a new attempt (training reused).
+    code, again = world.cli(capsys, "retrain", *WORSE)
     assert code == 0 and again["decision"] == "no_change" and world.live_state() == live
+    code, regated = world.cli(capsys, "retrain", *WORSE, "retrain.margin=0.5")
+    assert code == 0 and regated["decision"] == "not_promoted" and regated["mlflow_run_id"] != result["mlflow_run_id"]
+    assert regated["challenger"] == result["challenger"] and world.live_state() == live
 
 
 @pytest.mark.slow
@@ -249,22 +252,29 @@ def test_a_second_retrain_waits_for_the_lock_or_exits_with_a_clear_message(world
     finally:
         releaser = threading.Timer(2.0, held.release)
         releaser.start()
-    code, result = world.cli(capsys, "retrain", "retrain.lock_wait=60")   # waits until the holder is done
+    # Waits until the holder is done, then finds cycle 2's pair already decided (no training).
+    code, result = world.cli(capsys, "retrain", *WORSE, "retrain.lock_wait=60")
     releaser.join()
-    assert code == 0 and result["decision"] == "no_change"
+    assert code == 0 and result["decision"] == "no_change", result
 
 
 @pytest.mark.slow
 def test_rollback_and_promote_round_trip(world, capsys):
     champion, previous = world.champion(), world.previous()
     assert champion is not None and previous is not None
-    live_index = read_pointer(world.store, NAME).live.index   # type: ignore[union-attr]
-    live = world.live_state()
+    before = read_pointer(world.store, NAME)
+    assert before is not None
+    live_index, live = before.live.index, world.live_state()
 
     code, result = world.cli(capsys, "rollback")
     assert code == 0 and result["champion_version"] == previous
     assert world.champion() == previous and world.previous() is None
-    assert read_pointer(world.store, NAME).previous == ()   # type: ignore[union-attr]
+    after_rollback = read_pointer(world.store, NAME)
+    assert after_rollback is not None and after_rollback.previous == ()
+    assert after_rollback.live.index == before.previous[0].index and result["index"] == world.store.uri_of(
+        before.previous[0].index)
+    code, result = world.cli(capsys, "rollback")   # nothing older to return to: a clear error, nothing moves
+    assert code == 3 and "no previous generation" in result["error"] and world.champion() == previous
 
     code, result = world.cli(capsys, "promote", flags=("--version", str(champion)))
     assert code == 0 and result["champion_version"] == champion
