@@ -9,8 +9,8 @@ AWS_SECRET_ACCESS_KEY, AWS_REGION): the embedded Ray, its Train workers (checkpo
 streamed training input) and MLflow's artifact client must all find them there.
 
 The server records every request (method, path, Range header), so the test checks what the
-stages actually did on the wire: training read the sample index and fetched chips by byte
-ranges, never a whole training shard.
+stages actually did on the wire: training read the sample index and fetched the chips of its
+batches, one ranged GET each (located independently, with tarfile), fewer than the split holds.
 """
 
 from __future__ import annotations
