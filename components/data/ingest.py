@@ -11,7 +11,8 @@ The stage is content-addressed and resumable:
   re-run on unchanged inputs finds the published manifest and writes nothing;
 - shards are named by their content and written atomically, so a re-run after a crash
   reuses the ones already written, and a new version reuses every unchanged shard;
-- the manifest is written last, atomically: until then the version does not exist.
+- the manifest is written last, atomically: until then the version does not exist; the
+  sample index (`samples.parquet`, chip byte offsets for training's ranged reads) follows it.
 
 Bad inputs never stop the stage: each becomes a rejection (reason + detail) in the manifest.
 """
@@ -32,10 +33,11 @@ from components import constants as C
 from components.data import decode
 from components.data.chips import FAULT_ENV, LoadedChips, load_chips, write_shards
 from components.data.records import SourceItem
+from components.data.sample_index import write_sample_index
 from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_metadata_bytes
 from components.data.sources import Source
 from components.data.splits import ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class, split_classes
-from components.data.versions import latest_version, list_versions
+from components.data.versions import DatasetVersion, latest_version, list_versions
 from components.storage import Layout, Store, reuse_when_complete, sha256_json
 from components.storage.layout import SHARDS_DIR
 
@@ -221,6 +223,7 @@ def ingest(
     if published is not None:
         log(f"version {version} is already published: nothing to write")
         result.manifest = published
+        write_sample_index(DatasetVersion(store, published))   # versions published before the index get one
         result.seconds = time.time() - started
         return result
 
@@ -256,6 +259,10 @@ def ingest(
     store.write_json(Layout.manifest(dataset, version), manifest)  # the version exists from here on
     store.write_json(Layout.latest(dataset), {"version": version})
     lap("publish")
+    # After the manifest (the index is a function of the published shards); a crash in between
+    # leaves a usable version whose index training writes on first use.
+    write_sample_index(DatasetVersion(store, manifest))
+    lap("sample index")
     log("seconds per step: " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     result.created, result.manifest = True, manifest
     result.seconds = time.time() - started

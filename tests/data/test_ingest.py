@@ -8,11 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from components import constants as C
 from components.data.ingest import FAULT_ENV, ImageSpec, ingest
 from components.data.reader import iter_samples, load_split
+from components.data.sample_index import build_sample_index, sample_index_path
 from components.data.sources.fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, FashionMnistConfig, FashionMnistSource, load_subset
 from components.data.sources.folder import FolderConfig, FolderSource
 from components.data.splits import SplitSpec
@@ -99,6 +101,11 @@ def test_rerun_writes_nothing_and_returns_the_same_version(tmp_path):
     write_folder_dataset(tmp_path / "chips", {f"c{i}": 8 for i in range(6)})
     first = run_folder(tmp_path / "chips", tmp_path / "store")
     files = all_files(tmp_path / "store")
+    # The sample index is published with the version (training's ranged reads need it) and equals
+    # a fresh scan of the shards.
+    version = open_version(first.manifest_uri)
+    index = pq.read_table(tmp_path / "store" / sample_index_path(version))
+    assert index.equals(build_sample_index(version))
     manifest_bytes = Path(first.manifest_uri).read_bytes()
     second = run_folder(tmp_path / "chips", tmp_path / "store")
     assert first.created and not second.created
