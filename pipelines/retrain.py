@@ -40,7 +40,9 @@ in the driver's environment the command raises `InjectedFault` at that step:
 ``after_training`` (challenger trained, nothing evaluated), ``mid_index_build`` (the index's
 shards written, its manifest not: the on-disk state of a build killed mid-way, made by
 removing the manifest of the just-built index, since the index stage offers no hook inside
-the build) and ``before_switch`` (index complete, pointer not yet switched).
+the build), ``before_switch`` (index complete, pointer not yet switched) and ``after_switch``
+(pointer switched, aliases not yet moved: the pointer is rolled back, so the old index is live
+again; LIVE.json then records the switch and the rollback in its history).
 
 Exit codes (besides the CLI's 2/3/4): 5 when the lock is held by another retrain, promote
 or rollback and did not come free within `retrain.lock_wait` seconds (`RetrainBusy`).
@@ -75,7 +77,7 @@ from pipelines.ray_session import cluster_has_gpus
 from pipelines.runs import EXECUTION_ONLY, TrainedRun
 
 FAULT_ENV = "CHIPMATCH_FAULT_AT"
-FAULT_POINTS = ("after_training", "mid_index_build", "before_switch")
+FAULT_POINTS = ("after_training", "mid_index_build", "before_switch", "after_switch")
 BUSY_EXIT_CODE = 5
 SUPERCLASS_METRIC = "mAP/superclass/"
 TAG_ATTEMPT = "attempt"   # decision-run tag: hash of the recipe and gate settings
@@ -274,6 +276,7 @@ def put_in_service(config: Config, context: StageContext, version: registry.Mode
         kept = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
         previous = kept.version if kept else None
     try:
+        inject_fault("after_switch")
         registry.set_champion(context.tracking_uri, settings.name, version.version, previous)
     except Exception:
         if before is not None and pointer.sequence != before.sequence:
