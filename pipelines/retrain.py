@@ -40,9 +40,11 @@ in the driver's environment the command raises `InjectedFault` at that step:
 ``after_training`` (challenger trained, nothing evaluated), ``mid_index_build`` (the index's
 shards written, its manifest not: the on-disk state of a build killed mid-way, made by
 removing the manifest of the just-built index, since the index stage offers no hook inside
-the build), ``before_switch`` (index complete, pointer not yet switched) and ``after_switch``
-(pointer switched, aliases not yet moved: the pointer is rolled back, so the old index is live
-again; LIVE.json then records the switch and the rollback in its history).
+the build; it fires only when this run builds the index, not when it reuses one),
+``before_switch`` (index complete, pointer not yet switched) and ``after_switch`` (pointer
+switched, aliases not yet moved: the pointer is rolled back, so the old index is live again;
+LIVE.json then records the switch and the rollback in its history; after a first switch, the
+pointer is removed).
 
 Exit codes (besides the CLI's 2/3/4): 5 when the lock is held by another retrain, promote
 or rollback and did not come free within `retrain.lock_wait` seconds (`RetrainBusy`).
@@ -279,7 +281,9 @@ def put_in_service(config: Config, context: StageContext, version: registry.Mode
         inject_fault("after_switch")
         registry.set_champion(context.tracking_uri, settings.name, version.version, previous)
     except Exception:
-        if before is not None and pointer.sequence != before.sequence:
+        if before is None:   # the first switch: no pointer existed, and none is left behind
+            store.delete(Layout.live_index(settings.name))
+        elif pointer.sequence != before.sequence:
             rollback_pointer(store, settings.name)   # the old index back in service, then the error
         raise
     pruned = prune_generations(store, settings.name, keep_generations=settings.keep_generations)

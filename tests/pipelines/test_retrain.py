@@ -307,6 +307,25 @@ def test_rollback_and_promote_round_trip(world, capsys, monkeypatch):
     assert code == 2 and "no such version" in result["error"]
 
 
+@pytest.mark.slow
+def test_a_failed_first_promotion_leaves_no_pointer(world, capsys, monkeypatch):
+    """Another registered model in the same store, promoted for the first time (its index is
+    the champion's, reused): a failure after the switch removes the pointer it created."""
+    champion = registry.by_alias(world.tracking, NAME, registry.CHAMPION)
+    assert champion is not None
+    other = registry.register(world.tracking, "cars-copy", champion.source, champion.run_id or "", champion.tags)
+    pointer_file = world.store_root / "indexes" / "cars-copy" / "LIVE.json"
+    monkeypatch.setenv(FAULT_ENV, "after_switch")
+    with pytest.raises(InjectedFault):
+        cli.main(["promote", "--verbose", "--version", str(other.version), *world.overrides("retrain.name=cars-copy")])
+    monkeypatch.delenv(FAULT_ENV)
+    assert not pointer_file.exists() and registry.by_alias(world.tracking, "cars-copy", registry.CHAMPION) is None
+    code, result = world.cli(capsys, "promote", "retrain.name=cars-copy", flags=("--version", str(other.version)))
+    assert code == 0 and pointer_file.exists() and result["previous_version"] is None
+    assert registry.by_alias(world.tracking, "cars-copy", registry.CHAMPION) == other
+    assert read_pointer(world.store, "cars-copy").live.index == read_pointer(world.store, NAME).live.index  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("override,names", [
     ('retrain.guarded={"benchmark/R@3": 0.1}', ["retrain.guarded", "evaluate.ks"]),
     ("retrain.run=nope", ["retrain.run", "base"]),
