@@ -111,6 +111,12 @@ def _rollback(config: Config, context: StageContext, args: argparse.Namespace) -
     return run_rollback(config, context)
 
 
+def _serve(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.serve import run_serve
+
+    return run_serve(config, context, args)
+
+
 def _run(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.run import run_pipeline
 
@@ -125,6 +131,7 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "tune": (_tune, "sweep hyperparameters with Ray Tune + ASHA (tune=<conf/tune file>); writes the best config"),
     "index": (_index, "embed a dataset version and build a sharded FAISS index (conf/index/*.yaml)"),
     "search": (_search, "query an index with an image (or an embedding), with metadata filters"),
+    "serve": (_serve, "serve searches of the live index over HTTP (Ray Serve), following switches of its pointer"),
     "run": (_run, "run the whole pipeline on a config"),
     "retrain": (_retrain, "ingest new imagery, fine-tune a challenger from the champion, promote it only if it passes "
                           "the gate (registry alias + live index switch)"),
@@ -135,6 +142,8 @@ STAGES: dict[str, tuple[Callable, str]] = {
 
 # Stages that write under storage.root (checked before any work starts).
 WRITING_STAGES = ("ingest", "train", "tune", "evaluate", "index", "compare", "run", "retrain", "promote", "rollback")
+# Stages that log to MLflow (their tracking store is resolved before any work starts).
+TRACKING_STAGES = ("train", "tune", "evaluate", "compare", "run", "retrain", "promote", "rollback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--time-from", help="only results at or after this time (ISO 8601)")
             sub.add_argument("--time-to", help="only results at or before this time (ISO 8601)")
             sub.add_argument("--scene", action="append", help="only results from this scene id (repeatable)")
+        if name == "serve":
+            from pipelines.serve import add_arguments as add_serve_arguments
+
+            add_serve_arguments(sub)
         if name == "promote":
             sub.add_argument("--version", type=int, required=True, help="registered model version to put into service")
         if name == "compare":
@@ -181,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         context = StageContext(config, console, stage=args.command, verbose=args.verbose)
         if args.command in WRITING_STAGES:
             context.store.check_writable()
+        if args.command in TRACKING_STAGES:
+            _ = context.tracking_uri   # a remote root without tracking.uri fails here, before Ray starts
         handler, _ = STAGES[args.command]
         result = handler(config, context, args)
     except (ChipmatchError, FileNotFoundError) as exc:

@@ -45,16 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def index_name(config: Config, args: argparse.Namespace) -> str:
-    """`--name`, else `retrain.name` (what `chipmatch retrain` and `promote` switch), else the
-    config's dataset name. getattr: the `retrain` section is composed into Config by that stage."""
-    if args.name:
-        return str(args.name)
-    retrain = getattr(config, "retrain", None)
-    if retrain is not None:
-        return str(retrain.name)
-    from components.data.sources import build_source
-
-    return build_source(config.data).dataset_name()
+    """`--name`, else `retrain.name` (what `chipmatch retrain`, `promote` and `rollback` switch)."""
+    return str(args.name) if args.name else config.retrain.name
 
 
 def start_service(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:

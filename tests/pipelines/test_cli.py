@@ -52,3 +52,16 @@ def test_compare_takes_repeatable_plot_flags():
     assert args.plot == ["convergence", "pr"] and build_parser().parse_args(["compare"]).plot is None
     with pytest.raises(SystemExit):   # argparse names the valid choices
         build_parser().parse_args(["compare", "--plot", "loss"])
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    env_token = os.environ.pop("CHIPMATCH_SERVE_TOKEN", None)
+    try:
+        result = chipmatch("serve", "--insecure", "--host", "0.0.0.0", f"storage.root={tmp_path}", "--json")
+    finally:
+        if env_token is not None:
+            os.environ["CHIPMATCH_SERVE_TOKEN"] = env_token
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "CHIPMATCH_SERVE_TOKEN" in result.stderr and "loopback" in result.stderr
+    assert "Traceback" not in result.stderr
+
