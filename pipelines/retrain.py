@@ -42,7 +42,8 @@ shards written, its manifest not: the on-disk state of a build killed mid-way, m
 removing the manifest of the just-built index, since the index stage offers no hook inside
 the build; it fires only when this run builds the index, not when it reuses one),
 ``before_switch`` (index complete, pointer not yet switched) and ``after_switch`` (pointer
-switched, aliases not yet moved: the pointer is rolled back, so the old index is live again;
+switched and ``previous`` moved, ``champion`` not yet: the pointer is rolled back and
+``previous`` put back, so the old index is live again;
 LIVE.json then records the switch and the rollback in its history; after a first switch, the
 pointer is removed).
 
@@ -117,7 +118,7 @@ def check_settings(config: Config) -> None:
     inject_fault("")   # an unknown fault point is named now, not after training
     recipe_run(config)
     ks = sorted(set(config.evaluate.ks))
-    known = [C.METRIC_MAP, C.METRIC_MAP_AT_R, *[C.recall_at(k) for k in ks]]
+    known = [C.METRIC_MAP, C.METRIC_MAP_AT_R, C.METRIC_R_PRECISION, *[C.recall_at(k) for k in ks]]
     names = [("retrain.primary", config.retrain.primary)] + [("retrain.guarded", k) for k in config.retrain.guarded]
     for key, name in names:
         metric = name.removeprefix(BENCHMARK_PREFIX).removeprefix(NEW_PREFIX)
@@ -272,24 +273,36 @@ def put_in_service(config: Config, context: StageContext, version: registry.Mode
     index_uri = build_index_for(config, context, version)
     inject_fault("before_switch")
     before = read_pointer(store, settings.name)
-    pointer = switch_live(store, settings.name, index_uri, keep_generations=settings.keep_generations)
+    # Not pruned yet: until the aliases have moved the switch may be undone, and the undo must
+    # find every generation it had.
+    pointer = switch_live(store, settings.name, index_uri, keep_generations=settings.keep_generations, prune=False)
+    kept_previous = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
     previous = old_champion.version if old_champion and old_champion.version != version.version else None
     if previous is None and old_champion is not None:   # re-promoting the champion keeps its `previous`
         kept = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
         previous = kept.version if kept else None
     try:
+        # set_champion's two steps, with the fault point between them (the worst place to fail).
+        registry.set_previous(context.tracking_uri, settings.name, previous)
         inject_fault("after_switch")
-        registry.set_champion(context.tracking_uri, settings.name, version.version, previous)
+        registry.set_alias(context.tracking_uri, settings.name, registry.CHAMPION, version.version)
     except Exception:
         if before is None:   # the first switch: no pointer existed, and none is left behind
             store.delete(Layout.live_index(settings.name))
         elif pointer.sequence != before.sequence:
             rollback_pointer(store, settings.name)   # the old index back in service, then the error
+        restore_previous(context.tracking_uri, settings.name, kept_previous)
         raise
     pruned = prune_generations(store, settings.name, keep_generations=settings.keep_generations)
     context.console.log(f"[retrain] {settings.name}@champion = v{version.version}; live index {index_uri}")
     return {"index": index_uri, "champion_version": version.version, "previous_version": previous,
             "pruned": pruned, "sequence": _reread_sequence(context, settings.name)}
+
+
+def restore_previous(tracking_uri: str, name: str, kept: registry.ModelVersion | None) -> None:
+    """Undo a half-done `set_champion`: it moves `previous` before `champion`, so a failure
+    between the two leaves `previous` moved; put it back where it was (or remove it)."""
+    registry.set_previous(tracking_uri, name, kept.version if kept else None)
 
 
 def _reread_sequence(context: StageContext, name: str) -> int:
@@ -443,11 +456,14 @@ def run_rollback(config: Config, context: StageContext | Console | None = None) 
         champion = registry.by_alias(context.tracking_uri, settings.name, registry.CHAMPION)
         target = _version_of_index(context, settings.name, current.previous[0].index)
         older = _version_of_index(context, settings.name, current.previous[1].index) if len(current.previous) > 1 else None
+        kept_previous = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
         pointer = rollback_pointer(store, settings.name)
         try:
             registry.set_champion(context.tracking_uri, settings.name, target.version, older.version if older else None)
         except Exception:
-            switch_live(store, settings.name, store.uri_of(current.live.index), keep_generations=settings.keep_generations)
+            switch_live(store, settings.name, store.uri_of(current.live.index), keep_generations=settings.keep_generations,
+                        prune=False)
+            restore_previous(context.tracking_uri, settings.name, kept_previous)
             raise
     context.console.log(f"[rollback] {settings.name}@champion = v{target.version}; live index "
                         f"{store.uri_of(pointer.live.index)}")

@@ -158,11 +158,13 @@ def _write(store: Store, pointer: LivePointer) -> None:
     store.write_json(pointer_path(pointer.name), pointer.to_dict())
 
 
-def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: int) -> LivePointer:
+def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: int, prune: bool = True) -> LivePointer:
     """Make `index_uri` (a complete index below the storage root) the live index of `name`.
 
     The pointer is written last, in one atomic rename; afterwards generations older than
-    `keep_generations` are pruned. Switching to the index that is already live changes nothing.
+    `keep_generations` are pruned (unless `prune` is False: a caller that may still undo the
+    switch prunes once the switch is final). Switching to the index that is already live
+    changes nothing.
     """
     _check_name(name)
     _check_keep(keep_generations)
@@ -170,7 +172,8 @@ def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: in
     _require_complete(store, index)
     current = read_pointer(store, name)
     if current is not None and current.live.index == index:
-        prune_generations(store, name, keep_generations=keep_generations)
+        if prune:
+            prune_generations(store, name, keep_generations=keep_generations)
         return _reread(store, name)
     if current is None:
         pointer = LivePointer(name=name, sequence=1, live=Generation(index, 1, _now()))
@@ -187,7 +190,8 @@ def switch_live(store: Store, name: str, index_uri: str, *, keep_generations: in
         )
     _write(store, pointer)
     logger.info("live index %s -> %s (sequence %d)", name, store.uri_of(index), pointer.sequence)
-    prune_generations(store, name, keep_generations=keep_generations)
+    if prune:
+        prune_generations(store, name, keep_generations=keep_generations)
     return _reread(store, name)
 
 

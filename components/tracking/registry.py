@@ -129,13 +129,18 @@ def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
             raise
 
 
-def set_champion(tracking_uri: str, name: str, champion: int, previous: int | None) -> None:
-    """`champion` on one version and `previous` on another (or on none). `previous` moves
-    first: between the two calls the old champion is both, never neither."""
+def set_previous(tracking_uri: str, name: str, previous: int | None) -> None:
+    """`previous` on a version, or on none."""
     if previous is None:
         delete_alias(tracking_uri, name, PREVIOUS)
     else:
         set_alias(tracking_uri, name, PREVIOUS, previous)
+
+
+def set_champion(tracking_uri: str, name: str, champion: int, previous: int | None) -> None:
+    """`champion` on one version and `previous` on another (or on none). `previous` moves
+    first: between the two calls the old champion is both, never neither."""
+    set_previous(tracking_uri, name, previous)
     set_alias(tracking_uri, name, CHAMPION, champion)
 
 

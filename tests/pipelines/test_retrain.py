@@ -256,7 +256,9 @@ def test_a_second_retrain_waits_for_the_lock_or_exits_with_a_clear_message(world
         assert "another retrain" in result["error"] and f"pid {os.getpid()}" in result["error"]
         assert time.monotonic() - started < 300
     finally:
-        releaser = threading.Timer(2.0, held.release)
+        # 5 s: the retrain below reaches the lock within about a second, so it must wait (a
+        # retrain that did not wait would exit 5).
+        releaser = threading.Timer(5.0, held.release)
         releaser.start()
     # Waits until the holder is done, then finds cycle 2's pair already decided (no training).
     code, result = world.cli(capsys, "retrain", *WORSE, "retrain.lock_wait=60")
@@ -302,6 +304,9 @@ def test_rollback_and_promote_round_trip(world, capsys, monkeypatch):
     assert pointer is not None and pointer.live.index == before.live.index
     assert {k: v for k, v in world.live_state().items() if k != "LIVE.json"} == \
         {k: v for k, v in live.items() if k != "LIVE.json"}
+    # Nothing was pruned by the undone switch: every generation the pointer knew is still there.
+    known = [before.live, *before.previous, *before.retired]
+    assert all((world.store_root / g.index / "index.json").is_file() for g in known)
 
     code, result = world.cli(capsys, "promote", flags=("--version", "99"))
     assert code == 2 and "no such version" in result["error"]

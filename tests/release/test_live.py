@@ -94,6 +94,21 @@ def test_prune_keeps_exactly_the_configured_generations(store):
     assert store.exists("indexes/builds/stray/" + INDEX_MANIFEST_FILENAME) and stray
 
 
+def test_a_switch_that_may_be_undone_prunes_nothing_until_asked(store):
+    """retrain switches with prune=False, moves the aliases, then prunes: an undone switch
+    (rollback) must find every generation it had."""
+    uris = [make_index(store, f"g{i}") for i in range(4)]
+    for uri in uris[:3]:
+        switch_live(store, "vehicles", uri, keep_generations=2)
+    assert [store.exists(f"indexes/builds/g{i}") for i in range(3)] == [False, True, True]
+    switch_live(store, "vehicles", uris[3], keep_generations=2, prune=False)
+    assert store.exists("indexes/builds/g1/" + INDEX_MANIFEST_FILENAME)     # would have been pruned
+    assert rollback(store, "vehicles").live.index == "indexes/builds/g2"    # undone: g1 is still previous
+    assert [g.index for g in read_pointer(store, "vehicles").previous] == ["indexes/builds/g1"]
+    switch_live(store, "vehicles", uris[3], keep_generations=2, prune=False)
+    assert prune_generations(store, "vehicles", keep_generations=2) == [store.uri_of("indexes/builds/g1")]
+
+
 def test_keep_two_never_deletes_live_or_previous(store):
     uris = [make_index(store, f"g{i}") for i in range(4)]
     for uri in uris:
