@@ -54,22 +54,51 @@ def start_service(config: Config, context: StageContext, args: argparse.Namespac
     from ray import serve
 
     from components.serving.app import APP_NAME, search_application
+    from components.serving.live import check_period
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.replicas < 1:
         raise ConfigError(f"--replicas must be at least 1, got {args.replicas}")
+    if not args.replica_cpus > 0:
+        raise ConfigError(f"--replica-cpus must be positive, got {args.replica_cpus}")
+    check_period(args.poll_seconds)   # ConfigError naming poll_seconds, before Ray starts
     required = require_token(args.host, os.environ.get(TOKEN_ENV) or None, args.insecure)
     name = index_name(config, args)
     live_uri = resolve_live(context.store, name)   # FileNotFoundError naming the pointer before Ray starts
     context.ensure_ray()
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(search_application(context.store.uri, name, require_token=required, poll_seconds=args.poll_seconds,
-                                 device=args.device, num_replicas=args.replicas, num_cpus=args.replica_cpus),
-              name=APP_NAME, route_prefix="/")
+    running = running_http_address()
+    if running is not None and running != (args.host, args.port):
+        # serve.start keeps a running instance's HTTP options (host included) and ignores ours,
+        # so the token rule checked above for --host would not hold for where it really listens.
+        raise ConfigError(f"Ray Serve already runs on this cluster with its HTTP proxy on {running[0]}:{running[1]}, "
+                          f"not --host {args.host} --port {args.port}: pass those, stop it (`serve shutdown`), or "
+                          "deploy the RayService manifest (infra/kuberay/rayservice.yaml) instead")
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(search_application(context.store.uri, name, require_token=required, poll_seconds=args.poll_seconds,
+                                     device=args.device, num_replicas=args.replicas, num_cpus=args.replica_cpus),
+                  name=APP_NAME, route_prefix="/")
+    except BaseException:
+        serve.shutdown()   # a failed start leaves no proxy or half-deployed app behind
+        raise
     host = f"[{args.host}]" if ":" in args.host else args.host
     return {"stage": "serve", "url": f"http://{host}:{args.port}", "name": name, "index": live_uri,
             "token_required": required}
+
+
+def running_http_address() -> tuple[str, int] | None:
+    """(host, port) of the HTTP proxy of a Serve instance already running on this Ray
+    cluster, or None when there is none."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    options = ray.get(controller.get_http_config.remote(), timeout=30)
+    return str(options.host), int(options.port)
 
 
 def wait_for_signal(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> str:

@@ -93,7 +93,7 @@ class LiveFollower:
     def __init__(self, root: str, name: str, period_s: float = 2.0, device: str = "auto") -> None:
         self.name = name
         self.device = device
-        self.period_s = _check_period(period_s)
+        self.period_s = check_period(period_s)
         self.last_error: str | None = None       # why the newest generation could not be loaded, if so
         self._store = Store(root)
         self.current: ServedIndex = load_live(self._store, name, device)   # no service without a live index
@@ -101,7 +101,7 @@ class LiveFollower:
         self._thread: threading.Thread | None = None
 
     def set_period(self, period_s: float) -> None:
-        self.period_s = _check_period(period_s)
+        self.period_s = check_period(period_s)
 
     def check(self) -> bool:
         """Re-read the pointer once; load and swap in a new generation. True if it swapped."""
@@ -141,7 +141,7 @@ class LiveFollower:
                                "%s", self.name, self.last_error, self.current.index_uri)
 
 
-def _check_period(period_s: float) -> float:
+def check_period(period_s: float) -> float:
     if isinstance(period_s, bool) or not isinstance(period_s, (int, float)) or not 0 < period_s <= 3600:
         raise ConfigError(f"poll_seconds (how often the live pointer is re-read) must be a number of seconds in "
                           f"(0, 3600], got {period_s!r}")

@@ -183,6 +183,15 @@ def test_the_stage_refuses_to_start_without_a_token_off_loopback(tmp_path, monke
 
 
 # -- the running service ----------------------------------------------------------------------
+def test_a_second_start_elsewhere_on_a_cluster_already_serving_is_refused(service):
+    """serve.start would keep the running proxy's options and ignore these: refused, naming
+    where the running one listens; the service keeps answering."""
+    port = int(service.url.rsplit(":", 1)[1])
+    with pytest.raises(ConfigError, match=f"already runs on this cluster with its HTTP proxy on 127.0.0.1:{port}"):
+        start_service(service.config, service.context, serve_args("--port", str(port + 1), "--name", NAME))
+    assert requests.get(f"{service.url}/healthz", timeout=10).status_code == 200
+
+
 def test_health_needs_no_token_and_everything_else_does(service):
     assert requests.get(f"{service.url}/healthz", timeout=30).json() == {"status": "ok"}
     body = {"embedding": service.first.vectors[0].tolist(), "k": 3}
