@@ -49,6 +49,21 @@ class StoreUnreachable(ConfigError, OSError):
     config error for the CLI (exit 2, no traceback), still an OSError for callers that catch one."""
 
 
+# What an object store says when the endpoint, the credentials or the bucket are wrong (pyarrow
+# passes the AWS SDK's error names and curl's messages through). Anything else (HTTP 5xx,
+# SLOW_DOWN, timeouts) is transient and keeps its own OSError.
+_SETUP_ERROR_MARKERS = (
+    "ACCESS_DENIED", "AccessDenied", "HTTP status 401", "HTTP status 403", "INVALID_ACCESS_KEY", "InvalidAccessKeyId",
+    "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "NO_SUCH_BUCKET", "NoSuchBucket", "NETWORK_CONNECTION",
+    "Couldn't connect", "Connection refused", "resolve host", "resolve proxy",
+)
+
+
+def _is_setup_error(exc: OSError) -> bool:
+    text = str(exc)
+    return any(marker.lower() in text.lower() for marker in _SETUP_ERROR_MARKERS)
+
+
 class Store:
     """Files under one root URI. Paths given to methods are relative to the root, '/'-separated.
 
@@ -100,6 +115,8 @@ class Store:
             raise
         except OSError as exc:
             if "://" not in self.uri or self.uri.startswith("file://") or isinstance(exc, StoreUnreachable):
+                raise
+            if not _is_setup_error(exc):   # a 5xx, a throttle, a timeout: not the user's settings
                 raise
             raise StoreUnreachable(f"{self.uri_of(relative)} cannot be read ({exc}){remote_hint(self.uri)}") from None
 
