@@ -54,9 +54,9 @@ class StoreUnreachable(ConfigError, OSError):
 # SLOW_DOWN, timeouts) is transient and keeps its own OSError.
 _SETUP_ERROR_MARKERS = (
     "ACCESS_DENIED", "AccessDenied", "HTTP status 401", "HTTP status 403", "INVALID_ACCESS_KEY", "InvalidAccessKeyId",
-    "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "NO_SUCH_BUCKET", "NoSuchBucket", "NETWORK_CONNECTION",
-    "Couldn't connect", "Connection refused", "resolve host", "resolve proxy",
-)
+    "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "NO_SUCH_BUCKET", "NoSuchBucket",
+    "Could not connect", "Couldn't connect", "Failed to connect", "Connection refused", "resolve host", "resolve proxy",
+)   # not NETWORK_CONNECTION alone: curl's timeouts carry it too
 
 
 def _is_setup_error(exc: OSError) -> bool:
