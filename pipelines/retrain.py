@@ -279,8 +279,7 @@ def put_in_service(config: Config, context: StageContext, version: registry.Mode
     kept_previous = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
     previous = old_champion.version if old_champion and old_champion.version != version.version else None
     if previous is None and old_champion is not None:   # re-promoting the champion keeps its `previous`
-        kept = registry.by_alias(context.tracking_uri, settings.name, registry.PREVIOUS)
-        previous = kept.version if kept else None
+        previous = kept_previous.version if kept_previous else None
     try:
         # set_champion's two steps, with the fault point between them (the worst place to fail).
         registry.set_previous(context.tracking_uri, settings.name, previous)
