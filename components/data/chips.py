@@ -159,14 +159,15 @@ def load_chips(items: list[SourceItem], source_json: str, size: int | None, chan
 
 def write_shard(name: str, members: list[tuple[str, bytes, int, int]], root_uri: str, member: str,
                 fault: str | None, *blocks) -> dict:
-    """Ray task: gather a shard's chips from its blocks, write the tar atomically, return its record.
+    """Ray task: gather a shard's chips from its blocks, write the tar atomically, return its record
+    (with ``chips``: each sample's chip offset and size in the tar, for the sample index).
 
     `members` are (key, .json bytes, index into `blocks`, row); Ray resolves `blocks` (the
     Arrow result blocks) zero-copy from the object store.
     """
     import pyarrow as pa
 
-    from components.data.shards import encode_shard
+    from components.data.shards import encode_shard_with_offsets
 
     rows_by_block: dict[int, list[int]] = defaultdict(list)
     for _, _, block, row in members:
@@ -175,7 +176,8 @@ def write_shard(name: str, members: list[tuple[str, bytes, int, int]], root_uri:
     for block, rows in rows_by_block.items():
         taken = blocks[block].column("chip").take(pa.array(rows, pa.int64())).to_pylist()
         chips.update(zip(((block, row) for row in rows), taken))
-    data = encode_shard([(key, chips[(block, row)], meta) for key, meta, block, row in members], member)
+    data, offsets = encode_shard_with_offsets([(key, chips[(block, row)], meta) for key, meta, block, row in members],
+                                              member)
     store = Store(root_uri)
     if fault == "mid_shard_write":
         partial = f"{name}.tmp-injected-{os.getpid()}"
@@ -184,7 +186,8 @@ def write_shard(name: str, members: list[tuple[str, bytes, int, int]], root_uri:
             stream.write(data[: len(data) // 2])
         raise RuntimeError(f"injected fault ({FAULT_ENV}=mid_shard_write) while writing {name}")
     store.write_bytes(name, data)
-    return {"name": name, "sha256": sha256_bytes(data), "bytes": len(data), "count": len(members)}
+    return {"name": name, "sha256": sha256_bytes(data), "bytes": len(data), "count": len(members),
+            "chips": offsets}   # (key, offset, size) per sample: the sample index's rows without a re-read
 
 
 def write_shards(loaded: LoadedChips, shards: dict[str, list[tuple[str, bytes]]], root_uri: str, member: str,

@@ -33,7 +33,7 @@ from components import constants as C
 from components.data import decode
 from components.data.chips import FAULT_ENV, LoadedChips, load_chips, write_shards
 from components.data.records import SourceItem
-from components.data.sample_index import write_sample_index
+from components.data.sample_index import shard_rows, write_sample_index
 from components.data.shards import ShardPlan, plan_shards, sample_ids, sample_metadata_bytes
 from components.data.sources import Source
 from components.data.splits import ClassSplit, SplitSpec, assign_splits, check_protocol_splits, group_keys_by_class, split_classes
@@ -237,6 +237,8 @@ def ingest(
     written = write_shards(loaded, {p.name: [(k, metas[k]) for k in p.keys] for p in missing}, store.uri, member,
                            fault) if missing else {}
     del loaded   # the chips leave the object store
+    # The encoder's chip offsets: the sample index of the shards just written, without a re-read.
+    written_rows = {name: shard_rows(name, record.pop("chips"), metas, member) for name, record in written.items()}
     lap("write")
     known = known_shard_records(store, dataset)
     shard_records = [_shard_record(p, written, known, store) for p in plans]
@@ -261,7 +263,7 @@ def ingest(
     lap("publish")
     # After the manifest (the index is a function of the published shards); a crash in between
     # leaves a usable version whose index training writes on first use.
-    write_sample_index(DatasetVersion(store, manifest))
+    write_sample_index(DatasetVersion(store, manifest), written_rows)
     lap("sample index")
     log("seconds per step: " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items()))
     result.created, result.manifest = True, manifest

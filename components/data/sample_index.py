@@ -11,8 +11,9 @@ Why an index and not Ray Data streaming: P×K batches need random access by clas
 needs a class-aware shuffle buffer whose size grows with the number of classes × K and
 still cannot guarantee exact P×K batches. The index costs one pass over the tar headers.
 
-`write_sample_index` scans each shard once (tar headers give member offsets; only the small
-.json members are read), writes the table atomically (temp name, then rename, as every
+`write_sample_index` takes the rows of the shards ingest has just written from their encoder
+(which knows every member's offset) and scans only the others, once each (tar headers give
+member offsets; only the small .json members are read); it writes the table atomically (temp name, then rename, as every
 store write) and does nothing when the file is already there: the index is a pure function
 of the version's shards, which are content-addressed. Ingest calls it after publishing a
 version; training calls it when a version predates the index.
@@ -28,7 +29,7 @@ import json
 import posixpath
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,18 +86,28 @@ def scan_shard(version: DatasetVersion, shard: dict) -> list[dict]:
     if incomplete:
         raise ValueError(f"shard {shard['name']}: sample(s) {incomplete[:3]} lack a chip ({list(C.WDS_CHIP_MEMBERS)}) "
                          f"or {C.WDS_META} member; re-ingest the dataset")
-    if len(rows) != shard.get("count", len(rows)):
-        raise ValueError(f"shard {shard['name']} holds {len(rows)} samples, the manifest says {shard['count']}: "
-                         "the shard does not belong to this manifest")
     return list(rows.values())
 
 
-def build_sample_index(version: DatasetVersion) -> pa.Table:
-    """The index table of a version (rows ordered by split, then key)."""
+def shard_rows(shard: str, chips: Sequence[tuple[str, int, int]], metas: Mapping[str, bytes], member: str) -> list[dict]:
+    """`scan_shard`'s rows for a shard just written, from the chip offsets its encoder returned
+    (`components.data.shards.encode_shard_with_offsets`) and the samples' .json bytes: no re-read."""
+    return [{COL_KEY: key, COL_SHARD: shard, COL_OFFSET: offset, COL_SIZE: size, COL_MEMBER: member,
+             COL_META: metas[key].decode("utf-8")} for key, offset, size in chips]
+
+
+def build_sample_index(version: DatasetVersion, known: Mapping[str, list[dict]] | None = None) -> pa.Table:
+    """The index table of a version (rows ordered by split, then key). `known`: rows of shards
+    this process has just written (`shard_rows`); every other shard is scanned."""
     class_index = {split: {name: i for i, name in enumerate(version.classes(split))} for split in C.SPLITS}
+    known = known or {}
     rows = []
     for shard in sorted(version.manifest["shards"], key=lambda s: s["name"]):
-        for row in scan_shard(version, shard):
+        scanned = known[shard["name"]] if shard["name"] in known else scan_shard(version, shard)
+        if len(scanned) != shard.get("count", len(scanned)):
+            raise ValueError(f"shard {shard['name']} holds {len(scanned)} samples, the manifest says {shard['count']}: "
+                             "the shard does not belong to this manifest")
+        for row in scanned:
             meta = json.loads(row[COL_META])
             split = shard["split"]
             label = meta[C.LABEL]
@@ -110,12 +121,13 @@ def build_sample_index(version: DatasetVersion) -> pa.Table:
     return pa.table(columns, schema=SCHEMA.with_metadata(metadata))
 
 
-def write_sample_index(version: DatasetVersion) -> str:
-    """Write the version's sample index if it is not there yet; returns its URI."""
+def write_sample_index(version: DatasetVersion, known: Mapping[str, list[dict]] | None = None) -> str:
+    """Write the version's sample index if it is not there yet; returns its URI. `known` as in
+    `build_sample_index` (ingest passes the shards it wrote)."""
     relative = sample_index_path(version)
     if not version.store.exists(relative):
         buffer = io.BytesIO()
-        pq.write_table(build_sample_index(version), buffer, compression="zstd")
+        pq.write_table(build_sample_index(version, known), buffer, compression="zstd")
         version.store.write_bytes(relative, buffer.getvalue())
     return version.store.uri_of(relative)
 

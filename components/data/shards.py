@@ -116,11 +116,26 @@ def _member_header(name: str, size: int) -> bytes:
 def encode_shard(samples: list[tuple[str, bytes, bytes]], member: str = C.WDS_IMAGE) -> bytes:
     """Tar bytes of `(key, chip_bytes, json_bytes)` samples, written in key order; the chip is
     stored as `<key>.<member>` (png, or npy for multi-band chips)."""
+    return encode_shard_with_offsets(samples, member)[0]
+
+
+def encode_shard_with_offsets(samples: list[tuple[str, bytes, bytes]],
+                              member: str = C.WDS_IMAGE) -> tuple[bytes, list[tuple[str, int, int]]]:
+    """`encode_shard`'s bytes and, per sample in key order, (key, byte offset, size) of its chip
+    member's data: what the sample index records, known here for free (a scan of the written
+    tar would find the same offsets, `components.data.sample_index.scan_shard`)."""
     parts: list[bytes] = []
+    chips: list[tuple[str, int, int]] = []
+    position = 0
     for key, image, meta in sorted(samples, key=lambda sample: sample[0]):
         for suffix, data in sorted(((member, image), (C.WDS_META, meta))):
-            parts += (_member_header(f"{key}.{suffix}", len(data)), data, b"\0" * (-len(data) % _BLOCK))
+            header = _member_header(f"{key}.{suffix}", len(data))
+            if suffix == member:
+                chips.append((key, position + len(header), len(data)))
+            padding = b"\0" * (-len(data) % _BLOCK)
+            parts += (header, data, padding)
+            position += len(header) + len(data) + len(padding)
     parts.append(b"\0" * (2 * _BLOCK))
     size = sum(map(len, parts))
     parts.append(b"\0" * (-size % _RECORD))
-    return b"".join(parts)
+    return b"".join(parts), chips

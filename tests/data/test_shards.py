@@ -9,7 +9,14 @@ import tarfile
 
 import pytest
 
-from components.data.shards import chunk_keys, encode_shard, plan_shards, sample_ids, sample_metadata_bytes
+from components.data.shards import (
+    chunk_keys,
+    encode_shard,
+    encode_shard_with_offsets,
+    plan_shards,
+    sample_ids,
+    sample_metadata_bytes,
+)
 from components.storage import sha256_bytes, sha256_json
 
 
@@ -71,6 +78,27 @@ def test_encoded_shard_equals_webdatasets_tar_writer(member):
             data = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 511, 512, 513, 3000])))
             samples.append((key, data, b'{"label":"a"}'))
         assert encode_shard(samples, member) == _webdataset_tar(samples, member)
+
+
+@pytest.mark.parametrize("member", ["png", "npy"])
+def test_encoder_offsets_equal_tarfiles_member_offsets(member):
+    """The offsets the sample index takes from the encoder are where Python's tarfile finds each
+    chip's data, for ustar and pax (long, non-ASCII) names and every padding case."""
+    rng = random.Random(1)
+    for _ in range(20):
+        samples = []
+        for i in range(rng.randint(1, 25)):
+            key = "".join(rng.choice("abz/_-09") for _ in range(rng.choice([1, 40, 95, 96, 140]))) + f"{i}"
+            key += "é" if rng.random() < 0.1 else ""
+            data = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 511, 512, 513, 3000])))
+            samples.append((key, data, b'{"label":"a"}'))
+        data, offsets = encode_shard_with_offsets(samples, member)
+        assert data == encode_shard(samples, member)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            expected = [(m.name[: -len(member) - 1], m.offset_data, m.size) for m in tar if m.name.endswith("." + member)]
+        assert offsets == expected
+        chips = {key: chip for key, chip, _ in samples}
+        assert all(data[offset:offset + size] == chips[key] for key, offset, size in offsets)
 
 
 def test_encoded_shard_reads_back_with_webdataset():
