@@ -1,5 +1,6 @@
 """Training input benchmark: the streaming P×K input against the step it feeds, the old
-in-memory loop, and memory at two dataset sizes. Run: `python bench/bench_input.py`.
+in-memory loop, and memory at three dataset sizes.
+Run: `python bench/bench_input.py [--sections 1 2 3] [--epochs 6]`.
 
 Prints, in one run on the same machine (with its load average, since these machines are shared):
 1. input throughput: samples/s the loader delivers (read + decode + augment + batch, no model)
@@ -7,11 +8,12 @@ Prints, in one run on the same machine (with its load average, since these machi
 2. training images/s of the quickstart config: the old loop (whole split decoded in memory,
    augmentation on the training thread, one torch thread as a 1-CPU Ray worker had) vs
    `components.training.loop.train` (loader processes + compute threads): target >= 1.7×;
-3. peak RSS of one training worker (a fresh process each) at 8.3k chips and 4× that, new
-   input vs the old in-memory one: target flat within 10 %.
+3. peak RSS of one training worker (a fresh process each) at 8.3k, 62.8k and 250k chips
+   (`--rss-chips`), new input vs the old in-memory one: target flat within 10 %.
 
-Datasets are the synthetic small set (8,300 32×32 chips) and the same source with 33,200
-images, ingested once under --root (default /tmp/chipmatch-bench-input) and reused.
+Datasets are the synthetic small set (8,300 32×32 chips) and the same source with more
+images (class-size bounds scaled alike), ingested once under --root (default
+/tmp/chipmatch-bench-input) and reused.
 """
 
 from __future__ import annotations
@@ -35,19 +37,25 @@ from components import constants as C
 MODEL = {"backbone": "small_cnn", "embedding_dim": 128}
 QUICKSTART_TRAIN = {"classes_per_batch": 32, "images_per_class": 4, "lr": 0.002}
 LOSS = "triplet"
-BATCHES = 30          # training batches timed per variant (an epoch of the small set is ~33)
+BATCHES = 30          # training batches per epoch (an epoch of the small set is ~33)
+EPOCHS = 6            # section 2 times whole runs of the quickstart's epochs (its loader starts once per run)
 
 
 def load() -> str:
     return f"{machine_load()}, uptime {open('/proc/uptime').read().split()[0]} s"
 
 
+SMALL_CHIPS = 8_300      # the synthetic small set (200 classes of 8..120 images)
+
+
 def ingest(root: str, num_images: int | None) -> str:
     from pipelines.config import load_config
     from pipelines.ingest import run_ingest
 
-    # 4× the images: 4× the class-size bounds too (200 classes of 8..120 images cannot hold 33k).
-    larger = [f"data.num_images={num_images}", "data.min_per_class=32", "data.max_per_class=480"] if num_images else []
+    # n× the images: n× the class-size bounds too (200 classes of 8..120 images cannot hold more).
+    scale = (num_images or SMALL_CHIPS) / SMALL_CHIPS
+    larger = [f"data.num_images={num_images}", f"data.min_per_class={round(8 * scale)}",
+              f"data.max_per_class={round(120 * scale)}"] if num_images else []
     overrides = ["data=synthetic_small", f"storage.root={root}", *larger]
     return run_ingest(load_config(None, overrides)).manifest_uri
 
@@ -108,8 +116,8 @@ def step_rate(threads: int, batches: int = 15) -> float:
     return batches * 128 / (time.perf_counter() - started)
 
 
-def old_loop_rate(manifest: str) -> tuple[float, float]:
-    """Today's loop before this change: (images/s of the training steps, seconds to load the split)."""
+def old_loop_rate(manifest: str, epochs: int = 1) -> tuple[float, float]:
+    """The loop before the streaming input: (images/s of the training steps, seconds to load the split)."""
     from components.data.reader import load_split
     from components.data.versions import open_version
     from components.models.transforms import build_train_transform
@@ -122,33 +130,37 @@ def old_loop_rate(manifest: str) -> tuple[float, float]:
     loading = time.perf_counter() - started
     module = _module(32, len(train.classes))
     optimizer = build_optimizer(module.model, module.loss, "adamw", 0.002, 1e-4, 1.0)
-    scheduler = build_scheduler(optimizer, BATCHES, 0)
+    scheduler = build_scheduler(optimizer, epochs * BATCHES, 0)
     sampler = PKBatchSampler(train.labels, 32, 4, seed=0, batches_per_epoch=BATCHES)
     augment = build_train_transform(rotation="any")
     labels = torch.from_numpy(train.labels)
     started, count = time.perf_counter(), 0
-    for indices in sampler:
-        chips = train.images[indices]
-        images = augment(torch.from_numpy(chips[:, None] if chips.ndim == 3 else np.moveaxis(chips, -1, 1)))
-        value = module(images, labels[indices])
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        scheduler.step()
-        value.item()
-        count += len(indices)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            chips = train.images[indices]
+            images = augment(torch.from_numpy(chips[:, None] if chips.ndim == 3 else np.moveaxis(chips, -1, 1)))
+            value = module(images, labels[indices])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            scheduler.step()
+            value.item()
+            count += len(indices)
     return count / (time.perf_counter() - started), loading
 
 
 def new_loop_rate(manifest: str, folder: str, **changes) -> float:
-    """`train(job)` in this process: images/s of its training steps (validation excluded).
-    `folder` must be new: a checkpoint there would make the run resume (and train nothing)."""
+    """`train(job)` in this process: images/s of its training steps over the whole run (the
+    loader's start included, validation excluded). `folder` must be new: a checkpoint there
+    would make the run resume (and train nothing)."""
     from components.training.config import TrainJob
     from components.training.loop import train
 
-    job = TrainJob(dataset=manifest, output_uri=folder, model=MODEL, loss={"name": LOSS},
-                   train=train_config(**changes).model_dump())
-    return train(job)["train_images_per_second"]
+    config = train_config(**changes)
+    job = TrainJob(dataset=manifest, output_uri=folder, model=MODEL, loss={"name": LOSS}, train=config.model_dump())
+    metrics = train(job)
+    return config.epochs * BATCHES * config.classes_per_batch * config.images_per_class / metrics["train_seconds"]
 
 
 def rss_worker(manifest: str, mode: str, folder: str) -> None:
@@ -165,14 +177,17 @@ def rss_worker(manifest: str, mode: str, folder: str) -> None:
         retrieval_metrics(features, val.labels, ks=(1,))   # the old loop's validation
     else:
         new_loop_rate(manifest, folder, batches_per_epoch=BATCHES, cpus_per_worker=1)
-    from tests.training.run_worker import peak_rss_mb
+    from tests.training.run_worker import peak_rss_mb  # the tests' VmHWM reader (PYTHONPATH: peak_rss)
 
     print(json.dumps({"self_mb": peak_rss_mb(),
                       "loaders_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
 def peak_rss(manifest: str, mode: str, folder: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--rss", manifest, mode, folder], capture_output=True, text=True)
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, __file__, "--rss", manifest, mode, folder], capture_output=True, text=True,
+                          env=env)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -181,7 +196,10 @@ def peak_rss(manifest: str, mode: str, folder: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/chipmatch-bench-input")
-    parser.add_argument("--only-rss", action="store_true", help="section 3 only")
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run in section 2")
+    parser.add_argument("--rss-chips", type=int, nargs="+", default=[SMALL_CHIPS, 62_800, 250_000],
+                        help="dataset sizes of section 3 (the first is the reference)")
     parser.add_argument("--rss", nargs=3, metavar=("MANIFEST", "MODE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss:
@@ -189,17 +207,21 @@ def main() -> None:
         return
 
     small = ingest(f"{args.root}/small", None)
-    large = ingest(f"{args.root}/large", 33_200)
+    sized = [(count, small if count == SMALL_CHIPS else ingest(f"{args.root}/chips-{count}", count))
+             for count in (args.rss_chips if 3 in args.sections else [])]
     import ray
 
     ray.shutdown()   # Ray's processes would share the cores with what is measured
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; {load()}")
-    if not args.only_rss:
-        throughput(small, args.root)
-    memory(small, large, args.root)
+    if 1 in args.sections:
+        input_vs_step(small)
+    if 2 in args.sections:
+        loop_vs_loop(small, args.root, args.epochs)
+    if 3 in args.sections:
+        memory(sized, args.root)
 
 
-def throughput(small: str, root: str) -> None:
+def input_vs_step(small: str) -> None:
     print("\n1. input pipeline vs training step (32×32, batch 32×4)")
     step1 = step_rate(1)
     step2 = step_rate(2)
@@ -209,31 +231,33 @@ def throughput(small: str, root: str) -> None:
         print(f"   input, {workers} loader process(es): {rate:.0f} samples/s = {rate / step1:.1f}× the 1-thread step, "
               f"{rate / step2:.1f}× the 2-thread step; {load()}")
 
-    print(f"\n2. quickstart training images/s ({BATCHES} batches of 32×4, triplet, same run)")
-    old, loading = old_loop_rate(small)
+
+def loop_vs_loop(small: str, root: str, epochs: int) -> None:
+    print(f"\n2. quickstart training images/s ({epochs} epochs of {BATCHES} batches of 32×4, triplet, same run; "
+          "loader start included)")
+    old, loading = old_loop_rate(small, epochs)
     print(f"   old loop (split in memory, 1 thread): {old:.0f} img/s (+{loading:.1f} s to decode the split first); {load()}")
     for changes in ({"cpus_per_worker": 2}, {"cpus_per_worker": 2, "threads_per_worker": 1}):
-        rate = new_loop_rate(small, tempfile.mkdtemp(dir=root, prefix="run-"), **changes)
+        rate = new_loop_rate(small, tempfile.mkdtemp(dir=root, prefix="run-"), epochs=epochs, **changes)
         config = train_config(**changes)
         print(f"   new loop, {config.compute_threads()} thread(s) + {config.loader_workers} loader(s): {rate:.0f} img/s "
               f"= {rate / old:.2f}× the old loop; {load()}")
 
 
-def memory(small: str, large: str, root: str) -> None:
+def memory(sized: list[tuple[int, str]], root: str) -> None:
     from components.data.versions import open_version
 
-    versions = [open_version(uri) for uri in (small, large)]
-    decoded = [v.num_samples(C.SPLIT_TRAIN) * 32 * 32 / 2**20 for v in versions]
+    versions = [open_version(uri) for _, uri in sized]
+    decoded = ", ".join(f"{v.num_samples(C.SPLIT_TRAIN) * 32 * 32 / 2**20:.0f}" for v in versions)
     print(f"\n3. peak RSS of one training worker ({BATCHES} batches + validation; fresh process, VmHWM; loaders: the "
           f"largest loader process, counting the pages it shares with its parent); decoded training split "
-          f"{decoded[0]:.0f} / {decoded[1]:.0f} MB, validation images {versions[0].num_samples(C.SPLIT_VAL)} / "
-          f"{versions[1].num_samples(C.SPLIT_VAL)}")
+          f"{decoded} MB, validation images {', '.join(str(v.num_samples(C.SPLIT_VAL)) for v in versions)}")
     for mode in ("old", "new"):
-        sizes = [(name, peak_rss(uri, mode, tempfile.mkdtemp(dir=root, prefix=f"rss-{mode}-"))) for name, uri in
-                 (("8.3k", small), ("33.2k", large))]
-        (_, a), (_, b) = sizes
-        print(f"   {mode}: " + ", ".join(f"{name}: {r['self_mb']:.0f} MB (loaders {r['loaders_mb']:.0f} MB)" for name, r in sizes)
-              + f"; growth at 4× the chips: {100 * (b['self_mb'] / a['self_mb'] - 1):+.1f} %; {load()}")
+        peaks = [(count, peak_rss(uri, mode, tempfile.mkdtemp(dir=root, prefix=f"rss-{mode}-"))) for count, uri in sized]
+        reference = peaks[0][1]["self_mb"]
+        print(f"   {mode}: " + ", ".join(
+            f"{count / 1000:.1f}k chips: {r['self_mb']:.0f} MB ({100 * (r['self_mb'] / reference - 1):+.1f} %, "
+            f"loaders {r['loaders_mb']:.0f} MB)" for count, r in peaks) + f"; {load()}")
 
 
 if __name__ == "__main__":
