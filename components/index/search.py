@@ -224,6 +224,10 @@ class IndexSearcher:
     def num_vectors(self) -> int:
         return int(self.manifest.num_vectors)
 
+    def metadata_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Positions in `metadata` of (valid, >= 0) result ids."""
+        return ids if self._row_of_id is None else self._row_of_id.get_indexer(ids)
+
     def allowed_ids(self, search_filter: SearchFilter) -> np.ndarray:
         """Sorted ids of the metadata rows the filter allows."""
         return np.sort(self.metadata[ID_COLUMN].to_numpy()[search_filter.mask(self.metadata)])
@@ -288,8 +292,7 @@ class IndexSearcher:
         for row_scores, row_ids in zip(scores, ids):
             valid = row_ids >= 0
             found = row_ids[valid]
-            rows = found if self._row_of_id is None else self._row_of_id.get_indexer(found)
-            table = self.metadata.iloc[rows].reset_index(drop=True)
+            table = self.metadata.iloc[self.metadata_rows(found)].reset_index(drop=True)
             table.insert(0, SCORE, row_scores[valid])
             table.insert(0, RANK, np.arange(1, found.shape[0] + 1))
             id_column = table.pop(ID_COLUMN)

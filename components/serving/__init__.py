@@ -27,7 +27,7 @@ plus the shared `components.errors` / `components.constants`. Never `pipelines`:
 Public API (imported lazily, so importing the package does not load Ray Serve or faiss):
     TOKEN_ENV, require_token, bearer_token_matches, is_loopback   (components.serving.auth)
     ServedIndex, LiveFollower, load_live                          (components.serving.live)
-    SearchRequest, search_filter, result_rows                     (components.serving.query)
+    SearchRequest, search_filter, ResultColumns                   (components.serving.query)
     SearchService, search_application, build_app                  (components.serving.app)
 """
 
@@ -46,7 +46,7 @@ _EXPORTS = {
     "load_live": "components.serving.live",
     "SearchRequest": "components.serving.query",
     "search_filter": "components.serving.query",
-    "result_rows": "components.serving.query",
+    "ResultColumns": "components.serving.query",
     "SearchService": "components.serving.app",
     "search_application": "components.serving.app",
     "build_app": "components.serving.app",

@@ -36,7 +36,7 @@ from ray.serve import Application
 from components.errors import ConfigError
 from components.serving.auth import TOKEN_ENV, bearer_token_matches, require_token
 from components.serving.live import LiveFollower
-from components.serving.query import QueryError, SearchRequest, query_vector, result_rows, search_filter
+from components.serving.query import QueryError, SearchRequest, query_vector, search_filter
 
 APP_NAME = "chipmatch-search"
 DEPLOYMENT_NAME = "ChipmatchSearch"
@@ -104,17 +104,19 @@ class SearchReplica:
         return {**self._follower.current.describe(), "last_error": self._follower.last_error}
 
     @app.post("/search", dependencies=_TOKEN)
-    def search(self, request: SearchRequest) -> dict[str, Any]:
+    def search(self, request: SearchRequest) -> JSONResponse:
         served = self._follower.current   # read once: this request answers from this generation
         searcher = served.searcher
         try:
             vector = query_vector(request, served.model, served.image, searcher.manifest.dim)
-            [results] = searcher.search(vector, k=request.k, search_filter=search_filter(request),
-                                        nprobe=request.nprobe, ef_search=request.ef_search)
+            scores, ids = searcher.search_arrays(vector, k=request.k, search_filter=search_filter(request),
+                                                 nprobe=request.nprobe, ef_search=request.ef_search)
         except (QueryError, ValueError, TypeError) as exc:   # a filter on a column the index lacks, ...
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        return {"generation": {"name": served.name, "sequence": served.sequence, "index": served.index},
-                "k": request.k, "results": result_rows(results, searcher.manifest.normalized)}
+        assert served.columns is not None   # ServedIndex makes them
+        # A JSONResponse as it is: the rows are JSON values already (FastAPI's encoder would walk them again).
+        return JSONResponse({"generation": {"name": served.name, "sequence": served.sequence, "index": served.index},
+                             "k": request.k, "results": served.columns.rows(scores[0], ids[0])})
 
 
 # The deployment: Serve's decorators applied as calls, so type checkers see a Deployment, not the class.

@@ -31,6 +31,7 @@ from components.errors import ConfigError
 from components.index import IndexSearcher
 from components.release import read_pointer
 from components.release.live import LivePointer, pointer_path
+from components.serving.query import ResultColumns
 from components.storage import Store
 from components.storage.layout import INDEX_SOURCE_FILENAME
 
@@ -50,6 +51,11 @@ class ServedIndex:
     model_uri: str | None = None
     image: dict[str, Any] | None = None   # the chips' image spec (size, channels) from source.json
     loaded_at: float = 0.0          # time.time() when loading finished
+    columns: ResultColumns | None = None   # the metadata for result rows (made from searcher when None)
+
+    def __post_init__(self) -> None:
+        if self.columns is None:   # frozen: set once, here
+            object.__setattr__(self, "columns", ResultColumns(self.searcher))
 
     def describe(self) -> dict[str, Any]:
         """What /live and every search response say about the generation that answered."""
