@@ -13,10 +13,10 @@ What this package owns:
   selectors (`filters`).
 
 What it may import: faiss, numpy, pandas, pyarrow (torch only to accept tensors as input),
-and from chipmatch only `components.constants`, `components.storage` and
-`components.errors`. It must not import `components.training`, `components.evaluation`,
-`components.models` or `pipelines`: it works on arrays, so the index stage and search
-compose it with the embedding code, never the other way round
+and from chipmatch only `components.constants`, `components.storage`, `components.errors`
+and `components.lazy` (the lazy exports below). It must not import `components.training`,
+`components.evaluation`, `components.models` or `pipelines`: it works on arrays, so the
+index stage and search compose it with the embedding code, never the other way round
 (tests/index/test_sharding.py checks this). `components.index.embedding` predates the rule
 and is moving to `components.inference` (issue 8); `config` holds the typed `index` section.
 
@@ -29,8 +29,9 @@ Public API (imported lazily, so importing the package does not load faiss):
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from components.lazy import lazy_attribute
 
 _EXPORTS = {
     "build_index": "components.index.build",
@@ -48,6 +49,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'components.index' has no attribute {name!r}")
+    return lazy_attribute(__name__, _EXPORTS, name)

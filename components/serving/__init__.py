@@ -21,7 +21,7 @@ What it may import: `components.index` (search), `components.inference` (models 
 one embedding path), `components.release` (the live pointer), `components.storage`, and
 `components.data.decode` (with its `Rejection`, `components.data.records`) only, to turn a
 query image into a chip exactly as ingest did;
-plus the shared `components.errors` / `components.constants`. Never `pipelines`: the
+plus the shared `components.errors` / `components.constants` / `components.lazy` (the lazy exports). Never `pipelines`: the
 `serve` stage starts this service, not the other way round.
 
 Public API (imported lazily, so importing the package does not load Ray Serve or faiss):
@@ -33,8 +33,9 @@ Public API (imported lazily, so importing the package does not load Ray Serve or
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from components.lazy import lazy_attribute
 
 _EXPORTS = {
     "TOKEN_ENV": "components.serving.auth",
@@ -56,6 +57,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'components.serving' has no attribute {name!r}")
+    return lazy_attribute(__name__, _EXPORTS, name)

@@ -6,7 +6,7 @@ import ast
 import pathlib
 
 ALLOWED = ("components.serving", "components.index", "components.inference", "components.release",
-           "components.storage", "components.errors", "components.constants",
+           "components.storage", "components.errors", "components.constants", "components.lazy",
            "components.data.decode", "components.data.records")   # a query image decoded like ingest
 
 
