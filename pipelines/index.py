@@ -3,7 +3,8 @@ build a sharded FAISS index from a factory string (`conf/index/*.yaml`), shards 
 
 The index folder holds faiss shards, `index.json` (model run, dataset version, factory,
 per-shard sha256), a Parquet table id → sample key and metadata, and `source.json` (the
-model bundle and dataset manifest URIs) so `chipmatch search` can embed query images.
+model bundle and dataset manifest URIs, and `tap`: the feature layer indexed, `index.tap`) so
+`chipmatch search` and the search service embed query images with the same model and layer.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ def run_index(config: Config, context: StageContext | Console | None = None,
     use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_has_gpus()
     version = open_version(dataset_uri)
     splits = [split for split in settings.splits if version.shards(split)]
-    console.log(f"[index] embedding splits {splits} with run {run.name!r}")
-    parts = [embed_split(dataset_uri, split, run.model_uri, ("embedding",), settings.batch_size, settings.num_actors, use_gpu)
+    tap = settings.tap
+    console.log(f"[index] embedding splits {splits} with run {run.name!r} (layer {tap!r})")
+    parts = [embed_split(dataset_uri, split, run.model_uri, (tap,), settings.batch_size, settings.num_actors, use_gpu)
              for split in splits]
-    vectors = np.concatenate([p.features["embedding"] for p in parts])
+    vectors = np.concatenate([p.features[tap] for p in parts])
     metadata = pd.concat([metadata_table(p) for p in parts], ignore_index=True)
-    out = context.store.uri_of(run.paths.index(settings.factory, settings.num_shards))
+    out = context.store.uri_of(run.paths.index(settings.factory, settings.num_shards, tap))
     console.log(f"[index] building {settings.factory} with {settings.num_shards} shard(s) over {len(vectors)} vectors")
     manifest = build_index(
         vectors, metadata, out, factory=settings.factory, num_shards=settings.num_shards,
@@ -87,8 +89,8 @@ def run_index(config: Config, context: StageContext | Console | None = None,
         map_shards=lambda build, tasks: ray.get([ray.remote(build).remote(*task) for task in tasks]),
     )
     Store(out).write_json(INDEX_SOURCE_FILENAME, {"model_uri": run.model_uri, "dataset": dataset_uri, "run": run.name,
-                                         "image": version.manifest["image"]})
+                                                  "image": version.manifest["image"], "tap": tap})
     RunLogger(context.tracking_uri, run.run_id).set_tags({"index_uri": out, "index_factory": settings.factory})
-    return {"stage": "index", "index": out, "run": run.name, "mlflow_run_id": run.run_id,
+    return {"stage": "index", "index": out, "run": run.name, "mlflow_run_id": run.run_id, "tap": tap,
             "counts": {"vectors": int(manifest.num_vectors), "shards": len(manifest.shards)},
             "metrics": {"dim": int(manifest.dim)}, "factory": settings.factory}

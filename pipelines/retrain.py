@@ -248,7 +248,7 @@ def build_index_for(config: Config, context: StageContext, version: registry.Mod
     """The index of `version`'s model over the dataset version it was trained on (the `index`
     section's factory); reused when complete (manifest and source record present)."""
     run = _run_of(version)
-    folder = run.paths.index(config.index.factory, config.index.num_shards)
+    folder = run.paths.index(config.index.factory, config.index.num_shards, config.index.tap)
     store = context.store
     if reuse_when_complete(store, f"{folder}/{INDEX_MANIFEST_FILENAME}") is not None \
             and store.exists(f"{folder}/{INDEX_SOURCE_FILENAME}"):

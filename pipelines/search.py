@@ -30,7 +30,8 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"--image {path!r} cannot be read: {exc.strerror}") from None
     except Rejection as rejection:
         raise ConfigError(f"--image {path!r} is not a usable chip: {rejection}") from None
-    embedding = embed_arrays(load_model(source["model_uri"]), chip[None], taps=("embedding",))["embedding"]
+    tap = source.get("tap", "embedding")   # the layer the index holds (indexes before index.tap: the embedding)
+    embedding = embed_arrays(load_model(source["model_uri"]), chip[None], taps=(tap,))[tap]
     return chip, embedding
 
 

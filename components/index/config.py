@@ -20,3 +20,8 @@ class IndexConfig(BaseModel):
     batch_size: int = Field(256, ge=1)
     num_actors: int = Field(1, ge=1)
     use_gpu: bool | None = None
+    # The feature layer the index holds (and query images are embedded with): the embedding the
+    # loss trained, or the backbone's pooled output before the head. With few training classes
+    # the penultimate layer can retrieve unseen classes better (README, Results: measure it with
+    # evaluate.taps first, on validation or the unseen split, before choosing it).
+    tap: Literal["embedding", "embedding_raw", "penultimate"] = "embedding"

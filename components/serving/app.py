@@ -108,7 +108,7 @@ class SearchReplica:
         served = self._follower.current   # read once: this request answers from this generation
         searcher = served.searcher
         try:
-            vector = query_vector(request, served.model, served.image, searcher.manifest.dim)
+            vector = query_vector(request, served.model, served.image, searcher.manifest.dim, served.tap)
             scores, ids = searcher.search_arrays(vector, k=request.k, search_filter=search_filter(request),
                                                  nprobe=request.nprobe, ef_search=request.ef_search)
         except (QueryError, ValueError, TypeError) as exc:   # a filter on a column the index lacks, ...

@@ -50,6 +50,7 @@ class ServedIndex:
     model: Any = None               # torch module embedding query images; None: embeddings only
     model_uri: str | None = None
     image: dict[str, Any] | None = None   # the chips' image spec (size, channels) from source.json
+    tap: str = "embedding"          # the feature layer the index holds (source.json), for query images
     loaded_at: float = 0.0          # time.time() when loading finished
     columns: ResultColumns | None = None   # the metadata for result rows (made from searcher when None)
 
@@ -62,7 +63,7 @@ class ServedIndex:
         manifest = self.searcher.manifest
         return {"name": self.name, "sequence": self.sequence, "index": self.index, "index_uri": self.index_uri,
                 "factory": manifest.factory, "num_vectors": int(manifest.num_vectors), "dim": int(manifest.dim),
-                "model_uri": self.model_uri, "accepts_images": self.model is not None,
+                "model_uri": self.model_uri, "accepts_images": self.model is not None, "tap": self.tap,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
@@ -81,6 +82,7 @@ def _load_generation(store: Store, pointer: LivePointer, device: str,
         model = load_model(model_uri) if model_uri else None
     return ServedIndex(name=pointer.name, sequence=pointer.live.sequence, index=pointer.live.index, index_uri=uri,
                        searcher=searcher, model=model, model_uri=model_uri, image=source.get("image"),
+                       tap=source.get("tap", "embedding"),
                        loaded_at=time.time())
 
 

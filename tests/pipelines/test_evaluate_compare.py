@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
@@ -83,3 +84,20 @@ def test_train_evaluate_compare(tiny_dataset, ray_session, tmp_path):
     other = sorted(set(unseen.classes) - {top["label"]})[0]
     filtered = run_search(indexed["index"], str(chip_path), None, 3, search_filter=SearchFilter(labels={other}))
     assert {r["label"] for r in filtered["results"]} == {other}
+
+    # The same run indexed with its penultimate layer (index.tap): its own folder, its layer's
+    # vectors (the model's own penultimate features, normalised), and query images embedded alike.
+    from components.index import IndexSearcher
+    from components.inference import embed_arrays, load_model
+
+    chosen = next(run for run in runs if run.name == indexed["run"])
+    layer = run_index(config.model_copy(update={"index": config.index.model_copy(update={"tap": "penultimate"})}),
+                      console, runs=[chosen])
+    assert layer["index"] != indexed["index"] and layer["index"].endswith("-penultimate") and layer["tap"] == "penultimate"
+    assert json.loads(Path(layer["index"], "source.json").read_text())["tap"] == "penultimate"
+    features = embed_arrays(load_model(chosen.model_uri), unseen.images[:4], taps=("penultimate",))["penultimate"]
+    assert layer["metrics"]["dim"] == features.shape[1] != indexed["metrics"]["dim"]
+    scores, ids = IndexSearcher.load(layer["index"]).search_arrays(features, 1)
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-4)   # each chip's own penultimate vector is in the index
+    found = run_search(layer["index"], str(chip_path), None, 1)
+    assert found["results"][0]["key"] == unseen.keys[0] and found["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
