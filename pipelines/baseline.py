@@ -26,7 +26,8 @@ import numpy as np
 from components import constants as C
 from components.data.sample_index import load_sample_index
 from components.data.versions import DatasetVersion, open_version, retrieval_split
-from components.evaluation.model_eval import role_masks
+from components.evaluation.attributes import attribute_ranking_metrics
+from components.evaluation.model_eval import attribute_matrix, role_masks
 from components.evaluation.retrieval import evaluate_retrieval
 from components.inference import split_loader
 from components.storage import Layout, reuse_when_complete, sha256_json
@@ -71,7 +72,8 @@ def training_mean(version: DatasetVersion, batch_size: int = 1024) -> np.ndarray
 
 
 def raw_pixel_features(version: DatasetVersion, split: str, mean: np.ndarray, batch_size: int = 1024):
-    """(features float32 [N, D] centred on `mean`, labels [N], query mask, gallery mask) of `split`."""
+    """(features float32 [N, D] centred on `mean`, labels [N], query mask, gallery mask, the
+    samples' metadata) of `split`."""
     index = load_sample_index(version, split, metas=True)
     if len(index) == 0:
         raise ValueError(f"dataset version {version.version} has no {split!r} images for the raw-pixel baseline")
@@ -83,20 +85,26 @@ def raw_pixel_features(version: DatasetVersion, split: str, mean: np.ndarray, ba
         start += len(batch)
     roles = np.array([m.get(C.ROLE, C.ROLE_BOTH) for m in index.metas or []])
     query, gallery = role_masks(roles)
-    return features, index.labels, query, gallery
+    return features, index.labels, query, gallery, index.metas or []
 
 
 def measure_raw_pixels(manifest_uri: str, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, Any]:
     """The baseline's evaluation record (metrics, per-class AP, PR curve) on the retrieval split."""
     version = open_version(manifest_uri)
     split = retrieval_split(version.manifest)
-    features, labels, query, gallery = raw_pixel_features(version, split, training_mean(version, batch_size), batch_size)
+    features, labels, query, gallery, metas = raw_pixel_features(version, split, training_mean(version, batch_size),
+                                                                 batch_size)
     result = evaluate_retrieval(features, labels, ks, query_mask=query, gallery_mask=gallery, normalize=True,
                                 return_per_class=True, return_pr_curve=True)
+    metrics = dict(result.metrics)
+    attributes = attribute_matrix(metas)
+    if attributes is not None:   # continuous attributes: rank them by pixel distance too, as the models' evaluation does
+        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        metrics.update(attribute_ranking_metrics(unit, attributes))
     classes = version.classes(split)
     assert result.pr_recall is not None and result.pr_precision is not None   # asked for by return_pr_curve
     return {"run": BASELINE_NAME, "dataset": manifest_uri, "split": split, "centred_on": C.SPLIT_TRAIN,
-            "metrics": dict(result.metrics),
+            "metrics": metrics,
             "per_class_AP": {classes[int(k)]: float(v) for k, v in (result.per_class_ap or {}).items()},
             "pr_curve": {"recall": result.pr_recall.tolist(), "precision": result.pr_precision.tolist()}}
 
@@ -106,7 +114,8 @@ def evaluate_baseline(context: StageContext, ks: tuple[int, ...], batch_size: in
     settings, reused after) and its MLflow run in the context's experiment (created once)."""
     version = open_version(context.dataset)
     key = sha256_json({"baseline": BASELINE_NAME, "ks": list(ks), "dataset": version.uri,
-                       "split": retrieval_split(version.manifest)})[:12]
+                       # records from before the attribute ranking was measured have another key
+                       "split": retrieval_split(version.manifest), "attribute_ranking": True})[:12]
     record_path = Layout.run(version.dataset, version.version, BASELINE_NAME).evaluation(key)
     record = reuse_when_complete(context.store, record_path)
     skipped = record is not None

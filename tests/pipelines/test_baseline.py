@@ -13,6 +13,8 @@ from sklearn.metrics import average_precision_score
 from components import constants as C
 from components.data.reader import load_split
 from components.data.versions import open_version, retrieval_split
+from components.evaluation.attributes import attribute_ranking_metrics
+from components.evaluation.model_eval import attribute_matrix
 from components.tracking.compare import comparison_table, display_rows
 from pipelines.baseline import BASELINE_NAME, evaluate_baseline, measure_raw_pixels, training_mean
 from pipelines.config import load_config
@@ -53,6 +55,12 @@ def test_raw_pixel_metrics_match_sklearn_and_brute_force(tiny_dataset):
     assert record["metrics"][C.recall_at(1)] == pytest.approx(np.mean(hits), abs=1e-6)
     assert record["split"] == C.SPLIT_UNSEEN and record["centred_on"] == C.SPLIT_TRAIN
     assert len(record["pr_curve"]["recall"]) == len(record["pr_curve"]["precision"]) > 1
+    # The synthetic chips carry length/width: their ranking by pixel distance sits beside retrieval,
+    # measured as the models' evaluation measures it (on the normalised features).
+    attributes = attribute_matrix(load_split(open_version(manifest), C.SPLIT_UNSEEN).metas)
+    assert attributes is not None
+    expected = attribute_ranking_metrics(features, attributes)
+    assert expected and all(record["metrics"][name] == pytest.approx(value, abs=1e-5) for name, value in expected.items())
 
 
 def test_baseline_is_measured_once_and_logged_once_per_experiment(tiny_dataset, tmp_path):
