@@ -1,7 +1,8 @@
 """The comparison table users know from the literature, read back from MLflow runs:
 loss · training time · epochs · classification accuracy · mAP · R@1 · MAP@R, then the layer
 before the embedding (penultimate mAP and R@1) when the runs were evaluated on it too
-(`evaluate.taps`), so the layer study reads off the same table.
+(`evaluate.taps`), so the layer study reads off the same table, and the attribute ranking
+(Spearman ρ, nDCG@10) where the items carry continuous attributes.
 
 Runs that differ only by their training seed (same `seed_group` tag) share one row: the mean
 over seeds, with the sample standard deviation (ddof=1) beside it and the number of seeds.
@@ -30,7 +31,11 @@ COLUMNS = {  # column → MLflow metric key
 # Other layers' metrics, logged by the evaluate stage as "<tap>.<metric>"; shown when measured.
 LAYER_TAP = "penultimate"
 LAYER_COLUMNS = {f"{LAYER_TAP} {name}": C.mlflow_key(f"{LAYER_TAP}.{name}") for name in (C.METRIC_MAP, C.recall_at(1))}
-COLUMNS.update(LAYER_COLUMNS)
+# How well embedding distance ranks continuous-attribute distance (components.evaluation.attributes),
+# where the items carry attributes; plain numbers, not rates.
+ATTRIBUTE_COLUMNS = {"attribute ρ": "attribute_spearman", "attribute nDCG@10": C.mlflow_key("attribute_nDCG@10")}
+OPTIONAL_COLUMNS = {**LAYER_COLUMNS, **ATTRIBUTE_COLUMNS}   # shown when some row measured them
+COLUMNS.update(OPTIONAL_COLUMNS)
 STD_SUFFIX = "_std"
 SEEDS_COLUMN = "seeds"
 TABLE_COLUMNS = ["run", "loss", "dataset_version", *COLUMNS, SEEDS_COLUMN, *[f"{c}{STD_SUFFIX}" for c in COLUMNS],
@@ -134,10 +139,16 @@ def display_rows(table: pd.DataFrame) -> list[list[str]]:
         seeds = row.get(SEEDS_COLUMN)
         return f"{row['run']} (n={int(seeds)})" if not _missing(seeds) and seeds > 1 else row["run"]
 
-    layers = _layer_columns(table)
+    def number(row, column):
+        value, spread = row[column], row.get(f"{column}{STD_SUFFIX}")
+        if _missing(value):
+            return "-"
+        return f"{value:.3f}" if _missing(spread) else f"{value:.3f} ± {spread:.3f}"
+
+    optional = _optional_columns(table)
     return [[name(row), row["loss"], duration(row), epochs(row), percent(row, C.METRIC_ACCURACY),
              percent(row, C.METRIC_MAP), percent(row, C.recall_at(1)), percent(row, C.METRIC_MAP_AT_R),
-             *[percent(row, column) for column in layers]]
+             *[number(row, column) if column in ATTRIBUTE_COLUMNS else percent(row, column) for column in optional]]
             for _, row in table.iterrows()]
 
 
@@ -145,14 +156,14 @@ DISPLAY_HEADER = ["run", "loss", "training time", "epochs", "classification accu
                   C.METRIC_MAP, C.recall_at(1), C.METRIC_MAP_AT_R]
 
 
-def _layer_columns(table: pd.DataFrame) -> list[str]:
-    """The penultimate-layer columns, when some row measured them."""
-    return [column for column in LAYER_COLUMNS if column in table.columns and table[column].notna().any()]
+def _optional_columns(table: pd.DataFrame) -> list[str]:
+    """The penultimate-layer and attribute-ranking columns, when some row measured them."""
+    return [column for column in OPTIONAL_COLUMNS if column in table.columns and table[column].notna().any()]
 
 
 def display_header(table: pd.DataFrame) -> list[str]:
-    """The printed header of `table`: DISPLAY_HEADER, then the layer columns it has values for."""
-    return [*DISPLAY_HEADER, *_layer_columns(table)]
+    """The printed header of `table`: DISPLAY_HEADER, then the optional columns it has values for."""
+    return [*DISPLAY_HEADER, *_optional_columns(table)]
 
 
 def to_markdown(table: pd.DataFrame) -> str:

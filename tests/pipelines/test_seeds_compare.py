@@ -118,3 +118,21 @@ def test_penultimate_layer_columns_appear_only_when_measured(tmp_path):
     assert printed["triplet (n=2)"][f"penultimate {C.METRIC_MAP}"] == f"35.00 ± {100 * np.std([0.3, 0.4], ddof=1):.2f} %"
     assert printed["ce"][f"penultimate {C.recall_at(1)}"] == "-"
     assert to_markdown(table).splitlines()[0].count("|") == len(header) + 1
+
+
+def test_attribute_ranking_columns_are_plain_numbers_with_the_seed_spread(tmp_path):
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=attributes-test"])
+    context = StageContext(config, Console(quiet=True))
+    tracking, experiment_id = context.tracking_uri, context.experiment_id
+    _fake_training_run(tracking, experiment_id, "triplet", "triplet", "g-t", 0, {C.METRIC_MAP: 0.5}, [(0.3, 10.0)])
+    for seed, (rho, ndcg) in enumerate(((0.55, 0.80), (0.61, 0.84))):
+        _fake_training_run(tracking, experiment_id, f"log_ratio-s{seed}", "log_ratio", "g-l", seed,
+                           {C.METRIC_MAP: 0.3, "attribute_spearman": rho, C.mlflow_key("attribute_nDCG@10"): ndcg},
+                           [(0.3, 10.0)])
+    table = comparison_table(tracking, "attributes-test")
+    header = display_header(table)
+    assert header == [*DISPLAY_HEADER, "attribute ρ", "attribute nDCG@10"]
+    printed = {row[0]: dict(zip(header, row)) for row in display_rows(table)}
+    assert printed["log_ratio (n=2)"]["attribute ρ"] == f"0.580 ± {np.std([0.55, 0.61], ddof=1):.3f}"
+    assert printed["log_ratio (n=2)"]["attribute nDCG@10"] == f"0.820 ± {np.std([0.80, 0.84], ddof=1):.3f}"
+    assert printed["triplet"]["attribute ρ"] == "-"
