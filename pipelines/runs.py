@@ -12,6 +12,7 @@ from typing import Any
 from components.data.versions import open_version
 from components.storage import Layout, RunPaths, reuse_when_complete, sha256_json
 from components.tracking.compare import RUN_BASE_TAG, SEED_GROUP_TAG
+from components.tracking.copies import copy_run_into
 from pipelines.config import Config, LossConfig, RunSpec, TrainConfig
 from pipelines.context import StageContext
 
@@ -103,11 +104,14 @@ def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, da
 
 
 def finished_run(context: StageContext, planned: PlannedRun) -> TrainedRun | None:
-    """The run as recorded by an earlier training of the same plan, if that completed."""
+    """The run as recorded by an earlier training of the same plan, if that completed. Its
+    MLflow run as this command's experiment sees it: trained by another experiment, it is
+    copied into this one (`components.tracking.copies`), so compare shows every run of the config."""
     result = reuse_when_complete(context.store, planned.paths.result)
     if result is None:
         return None
-    return TrainedRun(planned.name, planned.loss.name, result["model_uri"], result["run_id"], result["metrics"],
+    run_id = copy_run_into(context.tracking_uri, context.experiment_id, result["run_id"])
+    return TrainedRun(planned.name, planned.loss.name, result["model_uri"], run_id, result["metrics"],
                       skipped=True, paths=planned.paths)
 
 

@@ -136,3 +136,40 @@ def test_attribute_ranking_columns_are_plain_numbers_with_the_seed_spread(tmp_pa
     assert printed["log_ratio (n=2)"]["attribute ρ"] == f"0.580 ± {np.std([0.55, 0.61], ddof=1):.3f}"
     assert printed["log_ratio (n=2)"]["attribute nDCG@10"] == f"0.820 ± {np.std([0.80, 0.84], ddof=1):.3f}"
     assert printed["triplet"]["attribute ρ"] == "-"
+
+
+def test_a_run_reused_by_another_experiment_is_copied_there_once(tmp_path):
+    """`copy_run_into` (what a reused run's experiment gets): the same row in compare, the same
+    metric histories, params, tags and artifacts, made once; a run of the experiment itself is kept."""
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking.copies import COPIED_FROM_TAG, copy_run_into
+
+    first = StageContext(load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=trained-here"]),
+                         Console(quiet=True))
+    tracking = first.tracking_uri
+    source = _fake_training_run(tracking, first.experiment_id, "triplet-s0", "triplet", "g-t", 0,
+                                {C.METRIC_MAP: 0.5, C.recall_at(1): 0.7}, [(0.3, 10.0), (0.5, 20.0), (0.6, 30.0)])
+    RunLogger(tracking, source).log_params({"train": {"lr": 0.002, "epochs": 3}})
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=reused-here"])
+    second = StageContext(config, Console(quiet=True))
+    assert copy_run_into(tracking, first.experiment_id, source) == source   # its own experiment: itself
+    copy = copy_run_into(tracking, second.experiment_id, source)
+    assert copy != source and copy_run_into(tracking, second.experiment_id, source) == copy   # made once
+
+    client = MlflowClient(tracking)
+    original, copied = client.get_run(source), client.get_run(copy)
+    assert copied.info.experiment_id == second.experiment_id and copied.info.status == "FINISHED"
+    assert copied.info.run_name == "triplet-s0" and copied.data.tags[COPIED_FROM_TAG] == source
+    assert {k: v for k, v in copied.data.tags.items() if not k.startswith("mlflow.") and k != COPIED_FROM_TAG} == \
+        {k: v for k, v in original.data.tags.items() if not k.startswith("mlflow.")}
+    assert copied.data.params == original.data.params and copied.data.metrics == original.data.metrics
+    for key in original.data.metrics:
+        history = [(m.step, m.value) for m in client.get_metric_history(source, key)]
+        assert [(m.step, m.value) for m in client.get_metric_history(copy, key)] == history
+    assert {a.path for a in client.list_artifacts(copy, "evaluation")} == {"evaluation/metrics.json"}
+
+    tables = [comparison_table(tracking, name).drop(columns="mlflow_run_id") for name in ("trained-here", "reused-here")]
+    assert tables[0].equals(tables[1])
+    report = run_compare(config, second, plots=["convergence", "pr"])   # histories and PR curve from the copy
+    assert {"convergence_epochs", "pr"} <= set(report["plots"])
