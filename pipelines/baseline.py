@@ -27,7 +27,7 @@ from components import constants as C
 from components.data.sample_index import load_sample_index
 from components.data.versions import DatasetVersion, open_version, retrieval_split
 from components.evaluation.attributes import attribute_ranking_metrics
-from components.evaluation.model_eval import attribute_matrix, role_masks
+from components.evaluation.model_eval import attribute_matrix, coarse_retrieval_metrics, role_masks, superclass_labels
 from components.evaluation.retrieval import evaluate_retrieval
 from components.inference import split_loader
 from components.storage import Layout, reuse_when_complete, sha256_json
@@ -98,9 +98,12 @@ def measure_raw_pixels(manifest_uri: str, ks: tuple[int, ...], batch_size: int =
                                 return_per_class=True, return_pr_curve=True)
     metrics = dict(result.metrics)
     attributes = attribute_matrix(metas)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     if attributes is not None:   # continuous attributes: rank them by pixel distance too, as the models' evaluation does
-        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         metrics.update(attribute_ranking_metrics(unit, attributes))
+    coarse = superclass_labels(metas)
+    if coarse is not None:       # and retrieval at the superclass level
+        metrics.update(coarse_retrieval_metrics(unit, coarse, query, gallery))
     classes = version.classes(split)
     assert result.pr_recall is not None and result.pr_precision is not None   # asked for by return_pr_curve
     return {"run": BASELINE_NAME, "dataset": manifest_uri, "split": split, "centred_on": C.SPLIT_TRAIN,
@@ -114,8 +117,8 @@ def evaluate_baseline(context: StageContext, ks: tuple[int, ...], batch_size: in
     settings, reused after) and its MLflow run in the context's experiment (created once)."""
     version = open_version(context.dataset)
     key = sha256_json({"baseline": BASELINE_NAME, "ks": list(ks), "dataset": version.uri,
-                       # records from before the attribute ranking was measured have another key
-                       "split": retrieval_split(version.manifest), "attribute_ranking": True})[:12]
+                       # records from before the attribute ranking / coarse retrieval were measured have another key
+                       "split": retrieval_split(version.manifest), "attribute_ranking": True, "coarse": True})[:12]
     record_path = Layout.run(version.dataset, version.version, BASELINE_NAME).evaluation(key)
     record = reuse_when_complete(context.store, record_path)
     skipped = record is not None

@@ -56,7 +56,8 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
     use_gpu = settings.pop("use_gpu")
     per_epoch = settings.pop("per_epoch")   # its own record (below): the run's record keeps its key
     use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
-    tag = sha256_json({**settings, "dataset": dataset_uri})[:12]
+    # "coarse": records from before superclass-level retrieval was measured have another key.
+    tag = sha256_json({**settings, "dataset": dataset_uri, "coarse": True})[:12]
     evaluated, curves = [], {}
     store, console = context.store, context.console
     # The retrieval split's chips (for the grids: unseen classes, or the images protocol's test

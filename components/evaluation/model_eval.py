@@ -1,5 +1,6 @@
 """Evaluate one trained model on a dataset version: retrieval on unseen classes, per feature
 tap, plus classification accuracy on the seen-class validation images for classifier losses,
+retrieval at the superclass level (``coarse_mAP``, ``coarse_R@1``) where every item has one,
 and, where every item carries continuous attributes, how well embedding distance ranks
 attribute distance (Spearman ρ, nDCG@10: `components.evaluation.attributes`).
 
@@ -71,6 +72,7 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
     query, gallery = role_masks(unseen.roles)
     metrics, curves, per_class = {}, {}, {}
     attributes = attribute_matrix(unseen.metas)   # parsed once, ranked per tap
+    coarse = superclass_labels(unseen.metas)
     for tap in taps:
         result = evaluate_retrieval(unseen.features[tap], unseen.labels, ks, query_mask=query, gallery_mask=gallery,
                                     device=target, return_per_class=True, return_pr_curve=True)
@@ -80,7 +82,31 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
         per_class[tap] = {str(k): float(v) for k, v in (result.per_class_ap or {}).items()}
         if attributes is not None:
             metrics[tap].update(attribute_ranking_metrics(unseen.features[tap], attributes))
+        if coarse is not None:
+            metrics[tap].update(coarse_retrieval_metrics(unseen.features[tap], coarse, query, gallery, target))
     return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)
+
+
+COARSE_PREFIX = "coarse_"   # metrics of retrieval at the superclass level: coarse_mAP, coarse_R@1
+
+
+def superclass_labels(metas: list[dict[str, Any]]) -> np.ndarray | None:
+    """Each item's superclass as an index, or None unless every item has one (and there are
+    at least two): then retrieval is also scored at the superclass level."""
+    names = [m.get(C.SUPERCLASS) for m in metas]
+    if not names or any(not name for name in names) or len(set(names)) < 2:
+        return None
+    index = {name: i for i, name in enumerate(sorted(set(names)))}
+    return np.array([index[name] for name in names])
+
+
+def coarse_retrieval_metrics(features: np.ndarray, superclasses: np.ndarray, query: np.ndarray, gallery: np.ndarray,
+                             device=None) -> dict[str, float]:
+    """mAP and R@1 with the superclass as the relevance (same vehicle type = relevant): the
+    level a hierarchical loss aims at, beside the fine-grained figures."""
+    result = evaluate_retrieval(features, superclasses, (1,), query_mask=query, gallery_mask=gallery, device=device)
+    return {f"{COARSE_PREFIX}{C.METRIC_MAP}": result.metrics[C.METRIC_MAP],
+            f"{COARSE_PREFIX}{C.recall_at(1)}": result.metrics[C.recall_at(1)]}
 
 
 def attribute_matrix(metas: list[dict[str, Any]]) -> np.ndarray | None:

@@ -1,8 +1,9 @@
 """The comparison table users know from the literature, read back from MLflow runs:
 loss · training time · epochs · classification accuracy · mAP · R@1 · MAP@R, then the layer
 before the embedding (penultimate mAP and R@1) when the runs were evaluated on it too
-(`evaluate.taps`), so the layer study reads off the same table, and the attribute ranking
-(Spearman ρ, nDCG@10) where the items carry continuous attributes.
+(`evaluate.taps`), so the layer study reads off the same table; retrieval at the superclass
+level (coarse mAP, R@1) where the items have superclasses, and the attribute ranking
+(Spearman ρ, nDCG@10) where they carry continuous attributes.
 
 Runs that differ only by their training seed (same `seed_group` tag) share one row: the mean
 over seeds, with the sample standard deviation (ddof=1) beside it and the number of seeds.
@@ -34,7 +35,9 @@ LAYER_COLUMNS = {f"{LAYER_TAP} {name}": C.mlflow_key(f"{LAYER_TAP}.{name}") for 
 # How well embedding distance ranks continuous-attribute distance (components.evaluation.attributes),
 # where the items carry attributes; plain numbers, not rates.
 ATTRIBUTE_COLUMNS = {"attribute ρ": "attribute_spearman", "attribute nDCG@10": C.mlflow_key("attribute_nDCG@10")}
-OPTIONAL_COLUMNS = {**LAYER_COLUMNS, **ATTRIBUTE_COLUMNS}   # shown when some row measured them
+# Retrieval with the superclass as relevance (components.evaluation.model_eval), where items have one.
+COARSE_COLUMNS = {f"coarse {name}": C.mlflow_key(f"coarse_{name}") for name in (C.METRIC_MAP, C.recall_at(1))}
+OPTIONAL_COLUMNS = {**LAYER_COLUMNS, **COARSE_COLUMNS, **ATTRIBUTE_COLUMNS}   # shown when some row measured them
 COLUMNS.update(OPTIONAL_COLUMNS)
 STD_SUFFIX = "_std"
 SEEDS_COLUMN = "seeds"

@@ -61,6 +61,14 @@ def test_raw_pixel_metrics_match_sklearn_and_brute_force(tiny_dataset):
     assert attributes is not None
     expected = attribute_ranking_metrics(features, attributes)
     assert expected and all(record["metrics"][name] == pytest.approx(value, abs=1e-5) for name, value in expected.items())
+    # And retrieval at the superclass level: sklearn's AP with "same superclass" as relevance.
+    coarse = np.array([m[C.SUPERCLASS] for m in load_split(open_version(manifest), C.SPLIT_UNSEEN).metas])
+    coarse_aps = []
+    for q in range(len(coarse)):
+        others = np.arange(len(coarse)) != q
+        if (coarse[others] == coarse[q]).any():
+            coarse_aps.append(average_precision_score(coarse[others] == coarse[q], scores[q, others]))
+    assert record["metrics"]["coarse_mAP"] == pytest.approx(np.mean(coarse_aps), abs=1e-5)
 
 
 def test_baseline_is_measured_once_and_logged_once_per_experiment(tiny_dataset, tmp_path):
