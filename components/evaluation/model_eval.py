@@ -93,8 +93,8 @@ COARSE_PREFIX = "coarse_"   # metrics of retrieval at the superclass level: coar
 def superclass_labels(metas: list[dict[str, Any]]) -> np.ndarray | None:
     """Each item's superclass as an index, or None unless every item has one (and there are
     at least two): then retrieval is also scored at the superclass level."""
-    names = [m.get(C.SUPERCLASS) for m in metas]
-    if not names or any(not name for name in names) or len(set(names)) < 2:
+    names = [str(m.get(C.SUPERCLASS) or "") for m in metas]
+    if not names or not all(names) or len(set(names)) < 2:
         return None
     index = {name: i for i, name in enumerate(sorted(set(names)))}
     return np.array([index[name] for name in names])
