@@ -13,6 +13,9 @@ upgraded, this is the one module to re-check.
   worker C++ warnings such as the PreemptionWatcher error) through a private dispatcher
   (`send_worker_output_to`), and Ray Data logs its progress through a console handler that
   it installs on import (`configure_ray_data_logging`).
+- `serve.start` on a cluster whose Serve already runs keeps that instance's HTTP options and
+  ignores the ones passed; where it listens is read from Serve's controller actor
+  (`serve_http_address`).
 """
 
 from __future__ import annotations
@@ -159,3 +162,17 @@ def _train_workers_alive() -> bool:
                                          ("state", "!=", "DEAD")]))
     except Exception:  # no state API: nothing more to wait for
         return False
+
+
+def serve_http_address() -> tuple[str, int] | None:
+    """(host, port) of the HTTP proxy of a Serve instance already running on this Ray
+    cluster, or None when there is none (read from Serve's controller actor, a private name)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    options = ray.get(controller.get_http_config.remote(), timeout=30)
+    return str(options.host), int(options.port)

@@ -55,6 +55,7 @@ def start_service(config: Config, context: StageContext, args: argparse.Namespac
 
     from components.serving.app import APP_NAME, search_application
     from components.serving.live import check_period
+    from pipelines.ray_compat import serve_http_address
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
@@ -67,7 +68,7 @@ def start_service(config: Config, context: StageContext, args: argparse.Namespac
     name = index_name(config, args)
     live_uri = resolve_live(context.store, name)   # FileNotFoundError naming the pointer before Ray starts
     context.ensure_ray()
-    running = running_http_address()
+    running = serve_http_address()
     if running is not None and running != (args.host, args.port):
         # serve.start keeps a running instance's HTTP options (host included) and ignores ours,
         # so the token rule checked above for --host would not hold for where it really listens.
@@ -85,20 +86,6 @@ def start_service(config: Config, context: StageContext, args: argparse.Namespac
     host = f"[{args.host}]" if ":" in args.host else args.host
     return {"stage": "serve", "url": f"http://{host}:{args.port}", "name": name, "index": live_uri,
             "token_required": required}
-
-
-def running_http_address() -> tuple[str, int] | None:
-    """(host, port) of the HTTP proxy of a Serve instance already running on this Ray
-    cluster, or None when there is none."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return None
-    options = ray.get(controller.get_http_config.remote(), timeout=30)
-    return str(options.host), int(options.port)
 
 
 def wait_for_signal(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> str:
