@@ -113,7 +113,6 @@ class SearchReplica:
                                                  nprobe=request.nprobe, ef_search=request.ef_search)
         except (QueryError, ValueError, TypeError) as exc:   # a filter on a column the index lacks, ...
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        assert served.columns is not None   # ServedIndex makes them
         # A JSONResponse as it is: the rows are JSON values already (FastAPI's encoder would walk them again).
         return JSONResponse({"generation": {"name": served.name, "sequence": served.sequence, "index": served.index},
                              "k": request.k, "results": served.columns.rows(scores[0], ids[0])})

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import ConfigError
@@ -52,11 +52,12 @@ class ServedIndex:
     image: dict[str, Any] | None = None   # the chips' image spec (size, channels) from source.json
     tap: str = "embedding"          # the feature layer the index holds (source.json), for query images
     loaded_at: float = 0.0          # time.time() when loading finished
-    columns: ResultColumns | None = None   # the metadata for result rows (made from searcher when None)
+    # The metadata as result-row columns, derived from `searcher` when the generation is made
+    # (at load time, not on a request).
+    columns: ResultColumns = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.columns is None:   # frozen: set once, here
-            object.__setattr__(self, "columns", ResultColumns(self.searcher))
+        object.__setattr__(self, "columns", ResultColumns(self.searcher))   # frozen: set once, here
 
     def describe(self) -> dict[str, Any]:
         """What /live and every search response say about the generation that answered."""
