@@ -290,18 +290,13 @@ def put_in_service(config: Config, context: StageContext, version: registry.Mode
             store.delete(Layout.live_index(settings.name))
         elif pointer.sequence != before.sequence:
             rollback_pointer(store, settings.name)   # the old index back in service, then the error
-        restore_previous(context.tracking_uri, settings.name, kept_previous)
+        # set_champion moves `previous` first: put it back where it was (or remove it).
+        registry.set_previous(context.tracking_uri, settings.name, kept_previous.version if kept_previous else None)
         raise
     pruned = prune_generations(store, settings.name, keep_generations=settings.keep_generations)
     context.console.log(f"[retrain] {settings.name}@champion = v{version.version}; live index {index_uri}")
     return {"index": index_uri, "champion_version": version.version, "previous_version": previous,
             "pruned": pruned, "sequence": _reread_sequence(context, settings.name)}
-
-
-def restore_previous(tracking_uri: str, name: str, kept: registry.ModelVersion | None) -> None:
-    """Undo a half-done `set_champion`: it moves `previous` before `champion`, so a failure
-    between the two leaves `previous` moved; put it back where it was (or remove it)."""
-    registry.set_previous(tracking_uri, name, kept.version if kept else None)
 
 
 def _reread_sequence(context: StageContext, name: str) -> int:
@@ -462,7 +457,7 @@ def run_rollback(config: Config, context: StageContext | Console | None = None) 
         except Exception:
             switch_live(store, settings.name, store.uri_of(current.live.index), keep_generations=settings.keep_generations,
                         prune=False)
-            restore_previous(context.tracking_uri, settings.name, kept_previous)
+            registry.set_previous(context.tracking_uri, settings.name, kept_previous.version if kept_previous else None)
             raise
     context.console.log(f"[rollback] {settings.name}@champion = v{target.version}; live index "
                         f"{store.uri_of(pointer.live.index)}")
