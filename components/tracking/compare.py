@@ -160,7 +160,7 @@ DISPLAY_HEADER = ["run", "loss", "training time", "epochs", "classification accu
 
 
 def _optional_columns(table: pd.DataFrame) -> list[str]:
-    """The penultimate-layer and attribute-ranking columns, when some row measured them."""
+    """The optional columns (penultimate layer, superclass level, attribute ranking) some row measured."""
     return [column for column in OPTIONAL_COLUMNS if column in table.columns and table[column].notna().any()]
 
 

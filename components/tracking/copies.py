@@ -23,7 +23,7 @@ _METRICS_PER_BATCH, _PARAMS_PER_BATCH = 1000, 100   # MLflow's log_batch limits
 def copy_run_into(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The id of `run_id` as seen from `experiment_id`: the run itself when it belongs there,
     else its copy there (made now if there is none yet)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     client = _client(tracking_uri)
     source = client.get_run(run_id)
@@ -42,7 +42,7 @@ def copy_run_into(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     for start in range(0, len(metrics), _METRICS_PER_BATCH):
         client.log_batch(copy_id, metrics=metrics[start:start + _METRICS_PER_BATCH])
     for start in range(0, len(params), _PARAMS_PER_BATCH):
-        client.log_batch(copy_id, params=params[start:start + _PARAMS_PER_BATCH], tags=[RunTag(COPIED_FROM_TAG, run_id)])
+        client.log_batch(copy_id, params=params[start:start + _PARAMS_PER_BATCH])
     if client.list_artifacts(run_id):
         with tempfile.TemporaryDirectory() as folder:
             client.log_artifacts(copy_id, client.download_artifacts(run_id, "", folder))
