@@ -27,7 +27,13 @@ from components import constants as C
 from components.data.sample_index import load_sample_index
 from components.data.versions import DatasetVersion, open_version, retrieval_split
 from components.evaluation.attributes import attribute_ranking_metrics
-from components.evaluation.model_eval import attribute_matrix, coarse_retrieval_metrics, role_masks, superclass_labels
+from components.evaluation.model_eval import (
+    METRICS_VERSION,
+    attribute_matrix,
+    coarse_retrieval_metrics,
+    role_masks,
+    superclass_labels,
+)
 from components.evaluation.retrieval import evaluate_retrieval
 from components.inference import split_loader
 from components.storage import Layout, reuse_when_complete, sha256_json
@@ -117,8 +123,7 @@ def evaluate_baseline(context: StageContext, ks: tuple[int, ...], batch_size: in
     settings, reused after) and its MLflow run in the context's experiment (created once)."""
     version = open_version(context.dataset)
     key = sha256_json({"baseline": BASELINE_NAME, "ks": list(ks), "dataset": version.uri,
-                       # records from before the attribute ranking / coarse retrieval were measured have another key
-                       "split": retrieval_split(version.manifest), "attribute_ranking": True, "coarse": True})[:12]
+                       "split": retrieval_split(version.manifest), "metrics_version": METRICS_VERSION})[:12]
     record_path = Layout.run(version.dataset, version.version, BASELINE_NAME).evaluation(key)
     record = reuse_when_complete(context.store, record_path)
     skipped = record is not None

@@ -23,7 +23,7 @@ from components import constants as C
 from components.data.reader import SplitArrays, load_split
 from components.data.versions import open_version, retrieval_split
 from components.errors import MissingDataError
-from components.evaluation.model_eval import ModelEvaluation, evaluate_model, role_masks
+from components.evaluation.model_eval import METRICS_VERSION, ModelEvaluation, evaluate_model, role_masks
 from components.storage import reuse_when_complete, sha256_json
 from components.tracking import RunLogger
 from pipelines.baseline import BASELINE_LOSS, BASELINE_NAME, evaluate_baseline
@@ -56,8 +56,7 @@ def run_evaluate(config: Config, context: StageContext | Console | None = None,
     use_gpu = settings.pop("use_gpu")
     per_epoch = settings.pop("per_epoch")   # its own record (below): the run's record keeps its key
     use_gpu = use_gpu if use_gpu is not None else cluster_has_gpus()
-    # "coarse": records from before superclass-level retrieval was measured have another key.
-    tag = sha256_json({**settings, "dataset": dataset_uri, "coarse": True})[:12]
+    tag = sha256_json({**settings, "dataset": dataset_uri, "metrics_version": METRICS_VERSION})[:12]
     evaluated, curves = [], {}
     store, console = context.store, context.console
     # The retrieval split's chips (for the grids: unseen classes, or the images protocol's test

@@ -87,6 +87,11 @@ def evaluate_model(manifest_uri: str, model_uri: str, taps=("embedding", "penult
     return ModelEvaluation(metrics, _val_accuracy(version, bundle, model, batch_size, readers), curves, per_class, unseen)
 
 
+# Part of every evaluation record's key (the models' and the raw-pixel baseline's): raised when
+# the evaluation measures more, so records made before are measured again rather than reused
+# without the new figures. 2: attribute ranking on the baseline; 3: superclass-level retrieval.
+METRICS_VERSION = 3
+
 COARSE_PREFIX = "coarse_"   # metrics of retrieval at the superclass level: coarse_mAP, coarse_R@1
 
 
