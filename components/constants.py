@@ -53,6 +53,10 @@ LATITUDE = "lat"
 TIME = "time"              # acquisition time
 SCENE_ID = "scene_id"      # the scene (e.g. GeoTIFF) a chip was cut from
 
+# The feature layer an index holds when its source.json names none (indexes built before
+# `index.tap`): the embedding.
+INDEX_TAP_DEFAULT = "embedding"
+
 # --- rejection reasons ---------------------------------------------------------------------
 REJECT_EMPTY = "empty_file"
 REJECT_UNREADABLE = "unreadable"

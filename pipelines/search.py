@@ -21,7 +21,7 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
     same path as the indexed chips (`components.inference`)."""
     from components.data.decode import decode_image, normalise
     from components.data.records import Rejection
-    from components.inference import embed_arrays, load_model
+    from components.inference import embed_query_chip, index_tap, load_model
 
     try:
         with open(path, "rb") as handle:
@@ -30,8 +30,7 @@ def embed_image(path: str, source: dict) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"--image {path!r} cannot be read: {exc.strerror}") from None
     except Rejection as rejection:
         raise ConfigError(f"--image {path!r} is not a usable chip: {rejection}") from None
-    tap = source.get("tap", "embedding")   # the layer the index holds (indexes before index.tap: the embedding)
-    embedding = embed_arrays(load_model(source["model_uri"]), chip[None], taps=(tap,))[tap]
+    embedding = embed_query_chip(load_model(source["model_uri"]), chip, index_tap(source))
     return chip, embedding
 
 

@@ -18,7 +18,15 @@ from components.inference.bundle import (
     model_from_bundle,
     save_bundle,
 )
-from components.inference.embed import EmbeddedSplit, embed_arrays, embed_batches, embed_split, split_loader
+from components.inference.embed import (
+    EmbeddedSplit,
+    embed_arrays,
+    embed_batches,
+    embed_query_chip,
+    embed_split,
+    index_tap,
+    split_loader,
+)
 
 __all__ = [
     "BUNDLE_FILENAME",
@@ -26,7 +34,9 @@ __all__ = [
     "EmbeddedSplit",
     "embed_arrays",
     "embed_batches",
+    "embed_query_chip",
     "embed_split",
+    "index_tap",
     "load_bundle",
     "load_model",
     "loss_from_bundle",

@@ -93,6 +93,17 @@ def split_loader(version: DatasetVersion, index, batch_size: int, loader_workers
                           pin_memory=pin_memory, **extra)
 
 
+def index_tap(source: dict) -> str:
+    """The feature layer an index holds, from its source.json."""
+    return source.get("tap") or C.INDEX_TAP_DEFAULT
+
+
+def embed_query_chip(model, chip: np.ndarray, tap: str = C.INDEX_TAP_DEFAULT) -> np.ndarray:
+    """(1, D) features of one query chip in layer `tap` (the index's, `index_tap`): what
+    `chipmatch search` and the search service compare with the index."""
+    return embed_arrays(model, chip[None], taps=(tap,))[tap]
+
+
 def embed_split(model, version: DatasetVersion, split: str, taps: Sequence[str] = DEFAULT_TAPS,
                 batch_size: int = 256, device=None, loader_workers: int = 0, cache_bytes: int = 0,
                 with_metadata: bool = True) -> EmbeddedSplit:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from components import constants as C
 from components.errors import ConfigError
 from components.index import IndexSearcher
 from components.release import read_pointer
@@ -50,7 +51,7 @@ class ServedIndex:
     model: Any = None               # torch module embedding query images; None: embeddings only
     model_uri: str | None = None
     image: dict[str, Any] | None = None   # the chips' image spec (size, channels) from source.json
-    tap: str = "embedding"          # the feature layer the index holds (source.json), for query images
+    tap: str = C.INDEX_TAP_DEFAULT  # the feature layer the index holds (source.json), for query images
     loaded_at: float = 0.0          # time.time() when loading finished
     # The metadata as result-row columns, derived from `searcher` when the generation is made
     # (at load time, not on a request).
@@ -70,7 +71,7 @@ class ServedIndex:
 
 def _load_generation(store: Store, pointer: LivePointer, device: str,
                      previous: ServedIndex | None) -> ServedIndex:
-    from components.inference import load_model
+    from components.inference import index_tap, load_model
 
     uri = store.uri_of(pointer.live.index)
     searcher = IndexSearcher.load(uri, device=device)
@@ -83,7 +84,7 @@ def _load_generation(store: Store, pointer: LivePointer, device: str,
         model = load_model(model_uri) if model_uri else None
     return ServedIndex(name=pointer.name, sequence=pointer.live.sequence, index=pointer.live.index, index_uri=uri,
                        searcher=searcher, model=model, model_uri=model_uri, image=source.get("image"),
-                       tap=source.get("tap", "embedding"),
+                       tap=index_tap(source),
                        loaded_at=time.time())
 
 

@@ -72,12 +72,12 @@ def search_filter(request: SearchRequest) -> SearchFilter:
         raise QueryError(str(exc)) from None
 
 
-def embed_image(encoded: str, model: Any, image: dict[str, Any] | None, tap: str = "embedding") -> np.ndarray:
+def embed_image(encoded: str, model: Any, image: dict[str, Any] | None, tap: str = C.INDEX_TAP_DEFAULT) -> np.ndarray:
     """(1, D) embedding of a base64 chip, decoded and resized like ingest (`components.data.decode`)
     and embedded like the indexed chips (`components.inference`, the index's feature layer `tap`)."""
     from components.data.decode import decode_image, normalise
     from components.data.records import Rejection
-    from components.inference import embed_arrays
+    from components.inference import embed_query_chip
 
     if model is None or not image:
         raise QueryError("the live index was built without a model (no model_uri in its source.json): "
@@ -94,11 +94,11 @@ def embed_image(encoded: str, model: Any, image: dict[str, Any] | None, tap: str
         raise QueryError(f"'image' is not a usable chip: {rejection}") from None
     except Exception as exc:   # PIL raises several types for bytes it cannot read
         raise QueryError(f"'image' is not a readable PNG, JPEG or TIFF image ({type(exc).__name__})") from None
-    return embed_arrays(model, chip[None], taps=(tap,))[tap]
+    return embed_query_chip(model, chip, tap)
 
 
 def query_vector(request: SearchRequest, model: Any, image: dict[str, Any] | None, dim: int,
-                 tap: str = "embedding") -> np.ndarray:
+                 tap: str = C.INDEX_TAP_DEFAULT) -> np.ndarray:
     """The request's query as a (1, D) float32 array of the index's dimension."""
     if request.image is not None:
         vector = embed_image(request.image, model, image, tap)

@@ -92,10 +92,10 @@ class RunPaths:
     def evaluation(self, settings_key: str) -> str:
         return f"{self.folder}/{EVALUATION_DIR}-{settings_key}.json"
 
-    def index(self, factory: str, num_shards: int, tap: str = "embedding") -> str:
+    def index(self, factory: str, num_shards: int, tap: str = C.INDEX_TAP_DEFAULT) -> str:
         """The index folder; an index of another feature layer than the embedding is named for it."""
         slug = re.sub(r"[^A-Za-z0-9]+", "_", factory).strip("_")
-        layer = "" if tap == "embedding" else f"-{tap}"
+        layer = "" if tap == C.INDEX_TAP_DEFAULT else f"-{tap}"
         return f"{INDEXES_DIR}/{self.dataset}/{self.version}/{self.run_key}/{slug}-{num_shards}{layer}"
 
 
