@@ -15,9 +15,8 @@ still cannot guarantee exact P×K batches. The index costs one pass over the tar
 (which knows every member's offset) and scans only the others, once each (tar headers give
 member offsets; only the small .json members are read); it writes the table atomically
 (temp name, then rename, as every store write) and does nothing when the file is already
-there: the index is a pure function
-of the version's shards, which are content-addressed. Ingest calls it after publishing a
-version; training calls it when a version predates the index.
+there: the index is a pure function of the version's shards, which are content-addressed.
+Ingest calls it after publishing a version; training calls it when a version predates the index.
 
 The numeric columns a training worker loads cost ~24 bytes per sample (1 M chips: 24 MB);
 keys and metadata are read only where they are needed (validation, evaluation, indexing).
