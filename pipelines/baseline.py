@@ -100,11 +100,12 @@ def measure_raw_pixels(manifest_uri: str, ks: tuple[int, ...], batch_size: int =
     split = retrieval_split(version.manifest)
     features, labels, query, gallery, metas = raw_pixel_features(version, split, training_mean(version, batch_size),
                                                                  batch_size)
-    result = evaluate_retrieval(features, labels, ks, query_mask=query, gallery_mask=gallery, normalize=True,
+    # L2-normalised once: retrieval, the attribute ranking and the superclass level all use it.
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    result = evaluate_retrieval(unit, labels, ks, query_mask=query, gallery_mask=gallery, normalize=False,
                                 return_per_class=True, return_pr_curve=True)
     metrics = dict(result.metrics)
     attributes = attribute_matrix(metas)
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     if attributes is not None:   # continuous attributes: rank them by pixel distance too, as the models' evaluation does
         metrics.update(attribute_ranking_metrics(unit, attributes))
     coarse = superclass_labels(metas)
