@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from components.data.sources import source_is_upright
 from components.data.versions import open_version
+from components.models.transforms import ROTATION_ANY, ROTATION_NONE
 from components.storage import Layout, RunPaths, reuse_when_complete, sha256_json
 from components.tracking.compare import RUN_BASE_TAG, SEED_GROUP_TAG
 from components.tracking.copies import copy_run_into
@@ -88,10 +90,11 @@ def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, da
     folder (and is reused when it is complete there). `base` / `init_base` (from `RunEntry`)
     name the configured run, for the seed-group tag; without them the run is its own base."""
     version = open_version(dataset_uri)
+    train = with_source_rotation(train, version.manifest)
     resolved = {"model": config.model.model_dump(), "loss": loss.model_dump(),
-                "train": train.model_dump(exclude=EXECUTION_ONLY), "dataset": dataset_uri}
+                "train": keyed_train(train), "dataset": dataset_uri}
     run_key = f"{name}-{sha256_json(resolved)[:12]}"
-    seed_group = sha256_json({**resolved, "train": train.model_dump(exclude=EXECUTION_ONLY | {"seed", "init_from"}),
+    seed_group = sha256_json({**resolved, "train": keyed_train(train, exclude=("seed", "init_from")),
                               "init_from": init_base if init_base is not None else train.init_from})[:12]
     # Tags that let `chipmatch compare` put the seeds of one run on one row: runs of one seed
     # group differ only by `train.seed` (and by which seed's parent they start from).
@@ -101,6 +104,27 @@ def plan_run(config: Config, name: str, loss: LossConfig, train: TrainConfig, da
             RUN_BASE_TAG: base or name}
     paths = Layout.run(version.dataset, version.version, run_key)
     return PlannedRun(name, loss, train, dataset_uri, resolved, run_key, paths, tags)
+
+
+def with_source_rotation(train: TrainConfig, manifest: dict[str, Any]) -> TrainConfig:
+    """`train` with `rotation` set when the config leaves it to the source (None) and augments:
+    no rotations for upright imagery, any angle for overhead chips. Resolved before the run is
+    keyed, so the key names the augmentation the run trains with. Without augmentation the
+    rotation stays unset (it does nothing; see `keyed_train`)."""
+    if train.rotation is not None or not train.augment:
+        return train
+    rotation = ROTATION_NONE if source_is_upright(manifest["source"]) else ROTATION_ANY
+    return train.model_copy(update={"rotation": rotation})
+
+
+def keyed_train(train: TrainConfig, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The train settings that enter a run's key. An unset rotation (augmentation off) is hashed
+    as "any", the one default every source had before sources chose their own, so runs made
+    then keep their keys (and are reused)."""
+    settings = train.model_dump(exclude=EXECUTION_ONLY | set(exclude))
+    if "rotation" in settings and settings["rotation"] is None:
+        settings["rotation"] = ROTATION_ANY
+    return settings
 
 
 def finished_run(context: StageContext, planned: PlannedRun) -> TrainedRun | None:

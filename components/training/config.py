@@ -42,7 +42,10 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     warmup_epochs: float = Field(0.0, ge=0)
     augment: bool = True
-    rotation: Literal["any", "right", "none"] = "any"
+    # Rotations the augmentation draws: any angle, multiples of 90 degrees, or none. None: the
+    # source's default, resolved on the driver before the run is keyed (pipelines.runs.plan_run):
+    # "any" for overhead chips (no canonical up), "none" for upright imagery (Fashion-MNIST).
+    rotation: Literal["any", "right", "none"] | None = None
     seed: int = 0
     amp: bool = True                              # backbone under bfloat16 autocast on GPU; the loss in float32
     init_from: str | None = None                  # a run name of this config's `runs`, or a model URI

@@ -122,7 +122,12 @@ class TrainBatches(tud.Dataset):
 
 
 def train_transform(config: TrainConfig) -> ChipTransform:
-    return build_train_transform(rotation=config.rotation) if config.augment else build_eval_transform()
+    """The augmentation of `config` (none when `augment` is off). A rotation left unresolved
+    (None: the pipelines set the source's own before a run starts) gets the overhead chips'
+    default, as the augmentation's own default does."""
+    if not config.augment:
+        return build_eval_transform()
+    return build_train_transform() if config.rotation is None else build_train_transform(rotation=config.rotation)
 
 
 def build_train_loader(root_uri: str, index: SampleIndex, sampler, config: TrainConfig, rank: int,

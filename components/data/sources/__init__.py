@@ -27,6 +27,15 @@ def build_source(config: SourceConfig) -> Source:
     return SOURCES[name](config)
 
 
+def source_is_upright(source_section: dict) -> bool:
+    """Whether the source a dataset version was ingested from (the manifest's `source` section)
+    has upright imagery (see `Source.upright`). Raises for a source chipmatch does not know."""
+    name = source_section.get("source")
+    if name not in SOURCES:
+        raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
+    return SOURCES[name].upright
+
+
 def source_from_dict(values: dict) -> Source:
     """Build a source from a plain dict (how configs travel to Ray workers)."""
     name = values.get("source")
@@ -35,4 +44,5 @@ def source_from_dict(values: dict) -> Source:
     return SOURCES[name](SOURCES[name].Config(**values))
 
 
-__all__ = ["Source", "SourceConfig", "SOURCES", "SOURCE_CONFIGS", "available_sources", "build_source", "source_from_dict"]
+__all__ = ["Source", "SourceConfig", "SOURCES", "SOURCE_CONFIGS", "available_sources", "build_source", "source_from_dict",
+           "source_is_upright"]

@@ -35,6 +35,11 @@ class SourceConfig(BaseModel):
 class Source(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[SourceConfig]]
+    # Whether the imagery has a canonical "up" (photographs of upright objects, like clothes).
+    # Overhead chips have none: any rotation of a vehicle seen from above is as real as another.
+    # The training stage picks its default augmentation from this (`train.rotation`).
+    upright: ClassVar[bool] = False
+
     def __init__(self, config: SourceConfig):
         self.config = config
 

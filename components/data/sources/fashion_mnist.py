@@ -59,6 +59,7 @@ def load_subset(root: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
 class FashionMnistSource(Source):
     name: ClassVar[str] = "fashion_mnist"
     Config: ClassVar[type[SourceConfig]] = FashionMnistConfig
+    upright: ClassVar[bool] = True   # garments photographed upright: no rotations (flips are fine)
     config: FashionMnistConfig   # what `Source.__init__` stores: this source's own config
 
     @property
