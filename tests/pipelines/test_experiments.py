@@ -68,3 +68,15 @@ def test_every_loss_of_every_experiment_builds_with_real_classes(tiny_dataset):
         for entry in run_plan(config):
             train = entry.train.model_copy(update={"init_from": None})
             check_loss_builds(config, plan_run(config, entry.name, entry.loss, train, manifest, entry.base, entry.init_base))
+
+
+def test_each_synthetic_data_file_is_its_own_dataset():
+    """Versions of one dataset inherit its class split (new imagery of the same classes): a
+    second preset ingested under the first one's name would take over its split and its LATEST."""
+    from components.data.sources import build_source
+
+    files = sorted((Path(CONF_DIR) / "data").glob("synthetic_*.yaml"))
+    names = [build_source(load_config(None, [f"data={path.stem}"]).data).dataset_name() for path in files]
+    assert len(files) >= 4 and len(set(names)) == len(names), dict(zip([p.stem for p in files], names))
+    experiment = load_config(EXPERIMENTS / "overhead_large_cpu.yaml")
+    assert build_source(experiment.data).dataset_name() not in names

@@ -202,7 +202,7 @@ def test_every_stage_runs_on_an_s3_root(s3, tmp_path):
     bucket = endpoint.client("s3", key_id, secret)
 
     ingested = last_json(chipmatch(["ingest", "--config", str(config), "--json"], env, workdir))
-    assert ingested["manifest"].startswith(f"{ROOT}/datasets/synthetic_cars/")
+    assert ingested["manifest"].startswith(f"{ROOT}/datasets/synthetic_tiny/")
     version = ingested["version"]
 
     before_train = len(endpoint.requests)
@@ -222,7 +222,7 @@ def test_every_stage_runs_on_an_s3_root(s3, tmp_path):
     run_key = run_folder.rsplit("/", 1)[1]
     expected = [
         r"shards/train-[0-9a-f]+\.tar", r"shards/val-[0-9a-f]+\.tar", r"shards/unseen-[0-9a-f]+\.tar",
-        rf"datasets/synthetic_cars/{version}/manifest\.json", rf"datasets/synthetic_cars/{version}/samples\.parquet",
+        rf"datasets/synthetic_tiny/{version}/manifest\.json", rf"datasets/synthetic_tiny/{version}/samples\.parquet",
         rf"ray_results/{re.escape(run_key)}/checkpoint_[^/]+/checkpoint\.pt",           # Ray Train's checkpoints
         rf"{re.escape(run_folder)}/model/model\.pt", rf"{re.escape(run_folder)}/result\.json",
         rf"{re.escape(run_folder)}/evaluation-[0-9a-f]+\.json",
@@ -307,7 +307,7 @@ def test_a_read_only_stage_with_wrong_credentials_names_the_uri(s3, tmp_path):
     reported as such, with the settings to check, not as a traceback."""
     endpoint, key_id, _ = s3
     env = user_environment(endpoint.url, key_id, "not-the-secret", tmp_path / "home")
-    index = f"{ROOT}/indexes/synthetic_cars/v/run/Flat-1"
+    index = f"{ROOT}/indexes/synthetic_tiny/v/run/Flat-1"
     result = chipmatch(["search", "--index", index, "--image", str(tmp_path / "query.png")], env, tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"{index}/" in result.stderr and "cannot be read" in result.stderr and "AWS_ACCESS_KEY_ID" in result.stderr
