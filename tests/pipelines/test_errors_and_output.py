@@ -75,6 +75,7 @@ def test_reading_a_loss_config_never_builds_the_loss(monkeypatch):
 def write_manifest(root, classes: int) -> str:
     store = Store(str(root))
     store.write_json(Layout.manifest("toy", "v1"), {"dataset": "toy", "version": "v1", "split": {"seed": 0},
+                                                     "source": {"source": "folder"},
                                                      "counts": {"train": {f"c{i}": 4 for i in range(classes)}}})
     return store.uri_of(Layout.manifest("toy", "v1"))
 
