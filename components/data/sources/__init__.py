@@ -20,29 +20,28 @@ def available_sources() -> list[str]:
     return list(SOURCES)
 
 
-def build_source(config: SourceConfig) -> Source:
-    name = getattr(config, "source", None)
+def source_class(name: str | None) -> type[Source]:
+    """The source registered as `name`; raises naming the valid ones."""
     if name not in SOURCES:
         raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
-    return SOURCES[name](config)
+    return SOURCES[name]
+
+
+def build_source(config: SourceConfig) -> Source:
+    return source_class(getattr(config, "source", None))(config)
 
 
 def source_is_upright(source_section: dict) -> bool:
     """Whether the source a dataset version was ingested from (the manifest's `source` section)
     has upright imagery (see `Source.upright`). Raises for a source chipmatch does not know."""
-    name = source_section.get("source")
-    if name not in SOURCES:
-        raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
-    return SOURCES[name].upright
+    return source_class(source_section.get("source")).upright
 
 
 def source_from_dict(values: dict) -> Source:
     """Build a source from a plain dict (how configs travel to Ray workers)."""
-    name = values.get("source")
-    if name not in SOURCES:
-        raise ValueError(f"data.source {name!r} is unknown; valid choices: {available_sources()}")
-    return SOURCES[name](SOURCES[name].Config(**values))
+    source = source_class(values.get("source"))
+    return source(source.Config(**values))
 
 
-__all__ = ["Source", "SourceConfig", "SOURCES", "SOURCE_CONFIGS", "available_sources", "build_source", "source_from_dict",
-           "source_is_upright"]
+__all__ = ["Source", "SourceConfig", "SOURCES", "SOURCE_CONFIGS", "available_sources", "source_class", "build_source",
+           "source_from_dict", "source_is_upright"]
