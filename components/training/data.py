@@ -37,7 +37,13 @@ import torch.utils.data as tud
 
 from components.data.reader import IndexedSplit, keep_batch, loader_worker_init
 from components.data.sample_index import SampleIndex
-from components.models.transforms import ChipTransform, batch_to_tensor, build_eval_transform, build_train_transform
+from components.models.transforms import (
+    ROTATION_ANY,
+    ChipTransform,
+    batch_to_tensor,
+    build_eval_transform,
+    build_train_transform,
+)
 from components.training.config import TrainConfig
 
 
@@ -127,7 +133,7 @@ def train_transform(config: TrainConfig) -> ChipTransform:
     default, as the augmentation's own default does."""
     if not config.augment:
         return build_eval_transform()
-    return build_train_transform() if config.rotation is None else build_train_transform(rotation=config.rotation)
+    return build_train_transform(rotation=config.rotation or ROTATION_ANY)
 
 
 def build_train_loader(root_uri: str, index: SampleIndex, sampler, config: TrainConfig, rank: int,
