@@ -2,7 +2,8 @@
 one run on one row (mean ± std), the raw-pixel baseline beside them; optionally figures:
 
 - `convergence`: validation R@1 of every training run against epochs, and against training
-  seconds (one figure per axis, one line per run), from the runs' MLflow metric histories;
+  seconds (one figure per axis, one line per run: the mean over its seeds with a ± std band),
+  from the runs' MLflow metric histories;
   R@1 on the retrieval split per epoch (`evaluate.per_epoch`) is drawn dashed beside it when
   it was measured (never used for model selection).
 - `pr`: the PR curves of every row (seeds averaged when they share recall points, baseline
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from rich.console import Console
@@ -29,7 +30,9 @@ from components.tracking.compare import (
     display_header,
     display_rows,
     finished_runs,
+    group_name,
     latest_per_name,
+    seed_groups,
     sort_table,
     to_markdown,
 )
@@ -80,30 +83,44 @@ def render(table, experiment: str) -> Table:
     return output
 
 
-def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """axis ("epochs", "seconds") -> line name -> (x, R@1) of every finished training run
-    (latest per name) with a validation history; retrieval-split lines are `<run> unseen`
-    (or `<run> test`)."""
-    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"epochs": {}, "seconds": {}}
-    for run in latest_per_name(finished_runs(tracking_uri, experiment, "train")):
-        name = run.info.run_name
-        seconds = metric_history(tracking_uri, run.info.run_id, "train_seconds")
+class Curve(NamedTuple):
+    """One line of a convergence figure: the mean over a group's seeds, their sample std beside it."""
+    x: np.ndarray
+    y: np.ndarray
+    std: np.ndarray | None   # None for a single seed
+
+
+def _curve(x: np.ndarray, per_seed: np.ndarray) -> Curve:
+    """per_seed: [seeds, points]."""
+    return Curve(x, per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None)
+
+
+def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str, Curve]]:
+    """axis ("epochs", "seconds") -> line name -> Curve, one per group of seeds of the finished
+    training runs (latest per name) with a validation history: R@1 averaged over the seeds at
+    the epochs every seed logged, and on the seconds axis each epoch placed at the seeds' mean
+    training time. A group of several seeds is named like its table row, `<base> (n=3)`;
+    retrieval-split lines are `<name> unseen` (or `<name> test`)."""
+    series: dict[str, dict[str, Curve]] = {"epochs": {}, "seconds": {}}
+    for members in seed_groups(latest_per_name(finished_runs(tracking_uri, experiment, "train"))):
+        name = group_name(members) if len(members) == 1 else f"{group_name(members)} (n={len(members)})"
+        seconds = [metric_history(tracking_uri, run.info.run_id, "train_seconds") for run in members]
         for metric, label in ((VAL_R1, name), *((m, f"{name} {split}") for split, m in RETRIEVAL_R1.items())):
-            history = metric_history(tracking_uri, run.info.run_id, metric)
-            if not history:
+            histories = [metric_history(tracking_uri, run.info.run_id, metric) for run in members]
+            steps = sorted(set.intersection(*(set(history) for history in histories)))
+            if not steps:
                 continue
-            steps = np.array(sorted(history))
-            values = np.array([history[s] for s in steps])
-            series["epochs"][label] = (steps, values)
-            timed = [s for s in steps if s in seconds]
+            series["epochs"][label] = _curve(np.array(steps), np.array([[h[s] for s in steps] for h in histories]))
+            timed = [s for s in steps if all(s in times for times in seconds)]
             if timed:
-                series["seconds"][label] = (np.array([seconds[s] for s in timed]), np.array([history[s] for s in timed]))
+                mean_seconds = np.array([[times[s] for s in timed] for times in seconds]).mean(axis=0)
+                series["seconds"][label] = _curve(mean_seconds, np.array([[h[s] for s in timed] for h in histories]))
     return series
 
 
 def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
     """Two PNGs under compare/: validation (and retrieval-split, if measured) R@1 against epochs and
-    against training seconds; their URIs."""
+    against training seconds, the seeds' mean with a ± std band; their URIs."""
     from components.evaluation.plots import plot_curves
 
     series = convergence_series(context.tracking_uri, experiment)
@@ -113,11 +130,14 @@ def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
     for axis, label in (("epochs", "epoch"), ("seconds", "training time (s)")):
         if not series[axis]:
             continue
-        dashed = [name for name in series[axis] if name.endswith(tuple(f" {split}" for split in RETRIEVAL_R1))]
+        curves = series[axis]
+        dashed = [name for name in curves if name.endswith(tuple(f" {split}" for split in RETRIEVAL_R1))]
+        spread = {name: curve.std for name, curve in curves.items() if curve.std is not None}
         relative = context.layout.compare(experiment, f"convergence-{axis}.png")
         written[f"convergence_{axis}"] = _write_figure(
-            context, relative, lambda path, a=axis, x=label, d=dashed: plot_curves(
-                series[a], path, x, C.recall_at(1), f"{experiment}: R@1 against {x} (solid: validation)", d))
+            context, relative, lambda path, c=curves, x=label, d=dashed, b=spread: plot_curves(
+                {name: (curve.x, curve.y) for name, curve in c.items()}, path, x, C.recall_at(1),
+                f"{experiment}: R@1 against {x} (solid: validation)", d, spread=b))
     return written
 
 

@@ -1,5 +1,6 @@
 """Evaluation figures written as PNG files: PR curves of several runs, convergence curves
-(a metric against epochs or training time, one line per run), and retrieval grids.
+(a metric against epochs or training time, one line per run, optionally with a band such as
+± std over seeds), and retrieval grids.
 
 matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend
 switch), so importing this module changes nothing and plotting works without a display.
@@ -95,18 +96,31 @@ def plot_pr_curves(
 
 def plot_curves(
     series: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
-    dashed: Sequence[str] = (),
+    dashed: Sequence[str] = (), spread: Mapping[str, Any] | None = None,
 ) -> Path:
     """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
     training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
-    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length."""
+    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length; spread:
+    name -> a 1-d array like y (e.g. the std over seeds), drawn as a band y ± spread in the
+    line's colour."""
     lines = list(_line_series(series, "series", "x", "y", plural="series"))
+    bands = dict(spread or {})
+    unknown = sorted(set(bands) - set(series))
+    if unknown:
+        raise ValueError(f"spread names series that are not plotted: {unknown}")
+    for name, band in bands.items():
+        if np.shape(band) != np.shape(series[name][1]):
+            raise ValueError(f"spread {name!r} must have the shape of its series' y, got {np.shape(band)}")
 
     def draw(axes) -> None:
         for name, x, y in lines:
             order = np.argsort(x, kind="stable")
-            axes.plot(x[order], y[order], label=str(name), linewidth=1.8, marker="." if x.size < 50 else None,
-                      linestyle="--" if name in dashed else "-")
+            (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8,
+                                marker="." if x.size < 50 else None, linestyle="--" if name in dashed else "-")
+            if name in bands:
+                band = np.asarray(bands[name], dtype=float)[order]
+                axes.fill_between(x[order], y[order] - band, y[order] + band, color=line.get_color(), alpha=0.15,
+                                  linewidth=0)
 
     return _line_figure(path, xlabel, ylabel, title, draw)
 

@@ -70,14 +70,26 @@ def latest_per_name(runs) -> list[Any]:
     return list(latest.values())
 
 
+def seed_groups(runs) -> list[list[Any]]:
+    """`runs` grouped by their seed group (runs that differ only by the seed), each group
+    ordered by seed; a run without a seed group (older runs) is a group of its own."""
+    groups: dict[str, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run.data.tags.get(SEED_GROUP_TAG) or run.info.run_id, []).append(run)
+    return [sorted(members, key=lambda r: int(r.data.tags.get("seed", 0) or 0)) for members in groups.values()]
+
+
+def group_name(members: list[Any]) -> str:
+    """A group's name: the run's own for one seed, the name before the seed suffix for several."""
+    first = members[0]
+    return first.info.run_name if len(members) == 1 else first.data.tags.get(RUN_BASE_TAG, first.info.run_name)
+
+
 def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per group of seeds of a finished training run of `experiment` (latest per run
     name), then one raw-pixel row per dataset version the experiment's baselines measured."""
     runs = latest_per_name(finished_runs(tracking_uri, experiment, "train"))
-    groups: dict[str, list[Any]] = {}
-    for run in runs:   # a run without a seed group (older runs) is a group of its own
-        groups.setdefault(run.data.tags.get(SEED_GROUP_TAG) or run.info.run_id, []).append(run)
-    rows = [_group_row(members) for members in groups.values()]
+    rows = [_group_row(members) for members in seed_groups(runs)]
     baselines: dict[tuple[str, str], Any] = {}
     for run in finished_runs(tracking_uri, experiment, "baseline"):
         baselines.setdefault((run.data.tags.get(BASELINE_TAG, ""), run.data.tags.get("dataset_version", "")), run)
@@ -86,10 +98,8 @@ def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 
 def _group_row(members: list[Any]) -> dict[str, Any]:
-    members = sorted(members, key=lambda r: int(r.data.tags.get("seed", 0) or 0))
     first = members[0]
-    name = first.info.run_name if len(members) == 1 else first.data.tags.get(RUN_BASE_TAG, first.info.run_name)
-    row: dict[str, Any] = {"run": name, "loss": first.data.tags.get("loss", ""),
+    row: dict[str, Any] = {"run": group_name(members), "loss": first.data.tags.get("loss", ""),
                            "dataset_version": first.data.tags.get("dataset_version", ""), SEEDS_COLUMN: len(members),
                            "mlflow_run_id": ",".join(r.info.run_id for r in members)}
     for column, key in COLUMNS.items():

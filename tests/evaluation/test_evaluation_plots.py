@@ -55,6 +55,25 @@ def test_convergence_curves_draw_one_coloured_line_per_run(tmp_path):
         plot_curves({"a": (np.zeros(3), np.zeros(2))}, tmp_path / "x.png", "x", "y", "t")
 
 
+def test_convergence_bands_shade_the_spread_in_the_line_colour(tmp_path):
+    epochs = np.arange(1, 6)
+    series = {"triplet (n=3)": (epochs, 0.1 * epochs)}
+
+    def light_blue_pixels(spread):
+        path = plot_curves(series, tmp_path / "band.png", "epoch", "R@1", "t", spread=spread)
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+        # C0 blue at alpha 0.15 over white: about (221, 233, 244)
+        return int((np.abs(pixels - (221, 233, 244)).sum(axis=1) < 12).sum())
+
+    banded, plain = light_blue_pixels({"triplet (n=3)": np.full(5, 0.1)}), light_blue_pixels(None)
+    assert banded > 2000 and banded > 10 * plain     # plain: only the anti-aliased edges of the line
+    with pytest.raises(ValueError, match="not plotted"):
+        plot_curves(series, tmp_path / "x.png", "x", "y", "t", spread={"ce": np.zeros(5)})
+    with pytest.raises(ValueError, match="shape"):
+        plot_curves(series, tmp_path / "x.png", "x", "y", "t", spread={"triplet (n=3)": np.zeros(4)})
+
+
 @pytest.mark.parametrize("channels", [None, 3])
 def test_retrieval_grid_frames_results_by_class(tmp_path, channels):
     rng = np.random.default_rng(1)

@@ -73,7 +73,8 @@ def test_compare_groups_seeds_with_mean_and_std_and_draws_figures(tmp_path):
     maps, r1s = [0.50, 0.53, 0.55], [0.70, 0.72, 0.77]
     for seed, (m, r) in enumerate(zip(maps, r1s)):
         _fake_training_run(tracking, experiment_id, f"triplet-s{seed}", "triplet", "g-triplet", seed,
-                           {C.METRIC_MAP: m, C.recall_at(1): r}, [(0.3, 10.0 + seed), (0.5, 20.0 + seed)])
+                           {C.METRIC_MAP: m, C.recall_at(1): r},
+                           [(0.3 + 0.01 * seed, 10.0 + seed), (0.5 + 0.02 * seed, 20.0 + seed)])
     _fake_training_run(tracking, experiment_id, "ce", "ce", "g-ce", 0, {C.METRIC_MAP: 0.4, C.recall_at(1): 0.6},
                        [(0.2, 5.0), (0.4, 9.0), (0.45, 13.0)])
     table = comparison_table(tracking, "seeds-test").set_index("run")
@@ -88,16 +89,33 @@ def test_compare_groups_seeds_with_mean_and_std_and_draws_figures(tmp_path):
     assert printed["ce"][5] == "40.00 %" and printed["ce"][3] == "3"    # a single seed prints as before
 
     series = convergence_series(tracking, "seeds-test")
-    steps, values = series["epochs"]["ce"]
+    steps, values, spread = series["epochs"]["ce"]
     assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.2, 0.4, 0.45]   # step 0 (the totals) left out
-    assert series["seconds"]["ce"][0].tolist() == [5.0, 9.0, 13.0]
-    assert set(series["epochs"]) == {"ce", "triplet-s0", "triplet-s1", "triplet-s2"}
+    assert spread is None and series["seconds"]["ce"].x.tolist() == [5.0, 9.0, 13.0]
+    assert set(series["epochs"]) == {"ce", "triplet (n=3)"}   # one line per group of seeds, named like its row
+    per_seed = np.array([[0.3 + 0.01 * seed, 0.5 + 0.02 * seed] for seed in range(3)])
+    triplet = series["epochs"]["triplet (n=3)"]
+    assert triplet.x.tolist() == [1, 2] and triplet.y == pytest.approx(per_seed.mean(axis=0))
+    assert triplet.std == pytest.approx(per_seed.std(axis=0, ddof=1))
+    assert series["seconds"]["triplet (n=3)"].x.tolist() == pytest.approx([11.0, 21.0])   # the seeds' mean time
 
     report = run_compare(config, context, plots=["convergence", "pr"])
     for name in ("convergence_epochs", "convergence_seconds", "pr"):
         assert Image.open(report["plots"][name]).size[0] > 0
     with pytest.raises(ConfigError, match="--plot 'loss'"):
         run_compare(config, context, plots=["loss"])
+
+
+def test_convergence_lines_average_only_the_epochs_every_seed_logged(tmp_path):
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=ragged-test"])
+    context = StageContext(config, Console(quiet=True))
+    histories = [[(0.2, 4.0), (0.4, 8.0), (0.5, 12.0)], [(0.3, 6.0), (0.6, 10.0)]]   # seed 1 stopped after epoch 2
+    for seed, epochs in enumerate(histories):
+        _fake_training_run(context.tracking_uri, context.experiment_id, f"pa-s{seed}", "pa", "g-pa", seed,
+                           {C.METRIC_MAP: 0.3, C.recall_at(1): 0.5}, epochs)
+    line = convergence_series(context.tracking_uri, "ragged-test")["seconds"]["pa (n=2)"]
+    assert line.x.tolist() == pytest.approx([5.0, 9.0]) and line.y == pytest.approx([0.25, 0.5])
+    assert line.std == pytest.approx([np.std([0.2, 0.3], ddof=1), np.std([0.4, 0.6], ddof=1)])
 
 
 def test_penultimate_layer_columns_appear_only_when_measured(tmp_path):
