@@ -100,7 +100,8 @@ def plot_curves(
 ) -> Path:
     """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
     training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
-    validation ones). series: name -> (x, y), 1-d arrays of equal, non-zero length; spread:
+    validation ones), in the colour of the solid line whose name they extend ("triplet unseen"
+    beside "triplet"). series: name -> (x, y), 1-d arrays of equal, non-zero length; spread:
     name -> a 1-d array like y (e.g. the std over seeds), drawn as a band y ± spread in the
     line's colour."""
     lines = list(_line_series(series, "series", "x", "y", plural="series"))
@@ -112,11 +113,17 @@ def plot_curves(
         if np.shape(band) != np.shape(series[name][1]):
             raise ValueError(f"spread {name!r} must have the shape of its series' y, got {np.shape(band)}")
 
+    solid = [name for name, _, _ in lines if name not in dashed]
+
     def draw(axes) -> None:
-        for name, x, y in lines:
+        colours: dict[str, str] = {}
+        # Solid lines first, so that a dashed "<run> unseen" takes the colour of its solid "<run>".
+        for name, x, y in sorted(lines, key=lambda line: line[0] in dashed):
             order = np.argsort(x, kind="stable")
-            (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8,
+            partner = next((s for s in solid if name in dashed and str(name).startswith(f"{s} ")), None)
+            (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8, color=colours.get(partner),
                                 marker="." if x.size < 50 else None, linestyle="--" if name in dashed else "-")
+            colours[name] = line.get_color()
             if name in bands:
                 band = np.asarray(bands[name], dtype=float)[order]
                 axes.fill_between(x[order], y[order] - band, y[order] + band, color=line.get_color(), alpha=0.15,

@@ -46,9 +46,14 @@ def test_convergence_curves_draw_one_coloured_line_per_run(tmp_path):
     path = plot_curves(series, tmp_path / "curves.png", "epoch", "R@1", "convergence", dashed=["triplet unseen"])
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-    # matplotlib's first two cycle colours (C0 blue, C1 orange) are drawn: one line per run.
+    # matplotlib's first two cycle colours (C0 blue, C1 orange) are drawn: one colour per run,
+    # "triplet unseen" dashed in triplet's, so the third (C2 green) is never used.
+    def drawn(colour):
+        return (np.abs(pixels.astype(int) - colour).sum(axis=1) < 30).sum()
+
     for colour in ((31, 119, 180), (255, 127, 14)):
-        assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 30).sum() > 50, colour
+        assert drawn(colour) > 50, colour
+    assert drawn((44, 160, 44)) == 0
     with pytest.raises(ValueError, match="non-empty mapping"):
         plot_curves({}, tmp_path / "x.png", "x", "y", "t")
     with pytest.raises(ValueError, match="series 'a'"):
