@@ -120,7 +120,7 @@ def plot_curves(
         # Solid lines first, so that a dashed "<run> unseen" takes the colour of its solid "<run>".
         for name, x, y in sorted(lines, key=lambda line: line[0] in dashed):
             order = np.argsort(x, kind="stable")
-            partner = next((s for s in solid if name in dashed and str(name).startswith(f"{s} ")), None)
+            partner = next((s for s in solid if name in dashed and str(name).startswith(f"{s} ")), "")
             (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8, color=colours.get(partner),
                                 marker="." if x.size < 50 else None, linestyle="--" if name in dashed else "-")
             colours[name] = line.get_color()
