@@ -33,6 +33,7 @@ from components.tracking.compare import (
     group_name,
     latest_per_name,
     seed_groups,
+    seeded_name,
     sort_table,
     to_markdown,
 )
@@ -103,7 +104,7 @@ def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str
     retrieval-split lines are `<name> unseen` (or `<name> test`)."""
     series: dict[str, dict[str, Curve]] = {"epochs": {}, "seconds": {}}
     for members in seed_groups(latest_per_name(finished_runs(tracking_uri, experiment, "train"))):
-        name = group_name(members) if len(members) == 1 else f"{group_name(members)} (n={len(members)})"
+        name = seeded_name(group_name(members), len(members))
         seconds = [metric_history(tracking_uri, run.info.run_id, "train_seconds") for run in members]
         for metric, label in ((VAL_R1, name), *((m, f"{name} {split}") for split, m in RETRIEVAL_R1.items())):
             histories = [metric_history(tracking_uri, run.info.run_id, metric) for run in members]

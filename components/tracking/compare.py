@@ -85,6 +85,11 @@ def group_name(members: list[Any]) -> str:
     return first.info.run_name if len(members) == 1 else first.data.tags.get(RUN_BASE_TAG, first.info.run_name)
 
 
+def seeded_name(name: str, seeds: int) -> str:
+    """How a row (or a figure's line) of several seeds is shown: `triplet (n=3)`."""
+    return f"{name} (n={seeds})" if seeds > 1 else name
+
+
 def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per group of seeds of a finished training run of `experiment` (latest per run
     name), then one raw-pixel row per dataset version the experiment's baselines measured."""
@@ -150,7 +155,7 @@ def display_rows(table: pd.DataFrame) -> list[list[str]]:
 
     def name(row):
         seeds = row.get(SEEDS_COLUMN)
-        return f"{row['run']} (n={int(seeds)})" if not _missing(seeds) and seeds > 1 else row["run"]
+        return row["run"] if _missing(seeds) else seeded_name(row["run"], int(seeds))
 
     def number(row, column):
         value, spread = row[column], row.get(f"{column}{STD_SUFFIX}")
