@@ -89,11 +89,12 @@ class Curve(NamedTuple):
     x: np.ndarray
     y: np.ndarray
     std: np.ndarray | None   # None for a single seed
+    accompanies: str | None  # a retrieval-split line: the name of its run's validation line
 
 
-def _curve(x: np.ndarray, per_seed: np.ndarray) -> Curve:
+def _curve(x: np.ndarray, per_seed: np.ndarray, accompanies: str | None) -> Curve:
     """per_seed: [seeds, points]."""
-    return Curve(x, per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None)
+    return Curve(x, per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None, accompanies)
 
 
 def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str, Curve]]:
@@ -106,16 +107,18 @@ def convergence_series(tracking_uri: str, experiment: str) -> dict[str, dict[str
     for members in seed_groups(latest_per_name(finished_runs(tracking_uri, experiment, "train"))):
         name = seeded_name(group_name(members), len(members))
         seconds = [metric_history(tracking_uri, run.info.run_id, "train_seconds") for run in members]
-        for metric, label in ((VAL_R1, name), *((m, f"{name} {split}") for split, m in RETRIEVAL_R1.items())):
+        lines = ((VAL_R1, name, None), *((m, f"{name} {split}", name) for split, m in RETRIEVAL_R1.items()))
+        for metric, label, accompanies in lines:
             histories = [metric_history(tracking_uri, run.info.run_id, metric) for run in members]
             steps = sorted(set.intersection(*(set(history) for history in histories)))
             if not steps:
                 continue
-            series["epochs"][label] = _curve(np.array(steps), np.array([[h[s] for s in steps] for h in histories]))
-            timed = [s for s in steps if all(s in times for times in seconds)]
+            per_seed = np.array([[h[s] for s in steps] for h in histories])
+            series["epochs"][label] = _curve(np.array(steps), per_seed, accompanies)
+            timed = [i for i, s in enumerate(steps) if all(s in times for times in seconds)]
             if timed:
-                mean_seconds = np.array([[times[s] for s in timed] for times in seconds]).mean(axis=0)
-                series["seconds"][label] = _curve(mean_seconds, np.array([[h[s] for s in timed] for h in histories]))
+                mean_seconds = np.array([[times[steps[i]] for i in timed] for times in seconds]).mean(axis=0)
+                series["seconds"][label] = _curve(mean_seconds, per_seed[:, timed], accompanies)
     return series
 
 
@@ -132,13 +135,14 @@ def convergence_plots(context: StageContext, experiment: str) -> dict[str, str]:
         if not series[axis]:
             continue
         curves = series[axis]
-        dashed = [name for name in curves if name.endswith(tuple(f" {split}" for split in RETRIEVAL_R1))]
+        # A retrieval-split line whose validation line has no seconds axis is drawn on its own.
+        companions = {name: c.accompanies for name, c in curves.items() if c.accompanies in curves}
         spread = {name: curve.std for name, curve in curves.items() if curve.std is not None}
         relative = context.layout.compare(experiment, f"convergence-{axis}.png")
         written[f"convergence_{axis}"] = _write_figure(
-            context, relative, lambda path, c=curves, x=label, d=dashed, b=spread: plot_curves(
+            context, relative, lambda path, c=curves, x=label, p=companions, b=spread: plot_curves(
                 {name: (curve.x, curve.y) for name, curve in c.items()}, path, x, C.recall_at(1),
-                f"{experiment}: R@1 against {x} (solid: validation)", d, spread=b))
+                f"{experiment}: R@1 against {x} (solid: validation)", companions=p, spread=b))
     return written
 
 

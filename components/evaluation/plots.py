@@ -96,33 +96,33 @@ def plot_pr_curves(
 
 def plot_curves(
     series: Mapping[str, tuple[Any, Any]], path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
-    dashed: Sequence[str] = (), spread: Mapping[str, Any] | None = None,
+    companions: Mapping[str, str] | None = None, spread: Mapping[str, Any] | None = None,
 ) -> Path:
     """One line per name on shared axes (e.g. validation R@1 of each run against epochs or
-    training seconds); names in `dashed` are drawn dashed (e.g. unseen-class curves beside the
-    validation ones), in the colour of the solid line whose name they extend ("triplet unseen"
-    beside "triplet"). series: name -> (x, y), 1-d arrays of equal, non-zero length; spread:
-    name -> a 1-d array like y (e.g. the std over seeds), drawn as a band y ± spread in the
-    line's colour."""
+    training seconds). companions: name -> the name of the line it accompanies, drawn dashed in
+    that line's colour (e.g. a run's unseen-class curve beside its validation one). series:
+    name -> (x, y), 1-d arrays of equal, non-zero length; spread: name -> a 1-d array like y
+    (e.g. the std over seeds), drawn as a band y ± spread in the line's colour."""
     lines = list(_line_series(series, "series", "x", "y", plural="series"))
+    partners = dict(companions or {})
     bands = dict(spread or {})
-    unknown = sorted(set(bands) - set(series))
-    if unknown:
-        raise ValueError(f"spread names series that are not plotted: {unknown}")
+    for what, names in (("companions", {*partners, *partners.values()}), ("spread", set(bands))):
+        unknown = sorted(names - set(series))
+        if unknown:
+            raise ValueError(f"{what} names series that are not plotted: {unknown}")
     for name, band in bands.items():
         if np.shape(band) != np.shape(series[name][1]):
             raise ValueError(f"spread {name!r} must have the shape of its series' y, got {np.shape(band)}")
 
-    solid = [name for name, _, _ in lines if name not in dashed]
-
     def draw(axes) -> None:
         colours: dict[str, str] = {}
-        # Solid lines first, so that a dashed "<run> unseen" takes the colour of its solid "<run>".
-        for name, x, y in sorted(lines, key=lambda line: line[0] in dashed):
+        # Accompanied lines first, so that each companion finds its partner's colour.
+        for name, x, y in sorted(lines, key=lambda line: line[0] in partners):
             order = np.argsort(x, kind="stable")
-            partner = next((s for s in solid if name in dashed and str(name).startswith(f"{s} ")), "")
-            (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8, color=colours.get(partner),
-                                marker="." if x.size < 50 else None, linestyle="--" if name in dashed else "-")
+            companion = name in partners
+            (line,) = axes.plot(x[order], y[order], label=str(name), linewidth=1.8,
+                                color=colours.get(partners[name]) if companion else None,
+                                marker="." if x.size < 50 else None, linestyle="--" if companion else "-")
             colours[name] = line.get_color()
             if name in bands:
                 band = np.asarray(bands[name], dtype=float)[order]

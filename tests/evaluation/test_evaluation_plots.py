@@ -43,7 +43,8 @@ def test_convergence_curves_draw_one_coloured_line_per_run(tmp_path):
     epochs = np.arange(1, 6)
     series = {"proxy_anchor": (epochs, 1 - 0.5 ** epochs), "triplet": (epochs[::-1], 0.1 * epochs[::-1]),
               "triplet unseen": (epochs, 0.05 * epochs)}
-    path = plot_curves(series, tmp_path / "curves.png", "epoch", "R@1", "convergence", dashed=["triplet unseen"])
+    path = plot_curves(series, tmp_path / "curves.png", "epoch", "R@1", "convergence",
+                       companions={"triplet unseen": "triplet"})
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
     # matplotlib's first two cycle colours (C0 blue, C1 orange) are drawn: one colour per run,
@@ -58,6 +59,25 @@ def test_convergence_curves_draw_one_coloured_line_per_run(tmp_path):
         plot_curves({}, tmp_path / "x.png", "x", "y", "t")
     with pytest.raises(ValueError, match="series 'a'"):
         plot_curves({"a": (np.zeros(3), np.zeros(2))}, tmp_path / "x.png", "x", "y", "t")
+    with pytest.raises(ValueError, match="companions names series that are not plotted"):
+        plot_curves(series, tmp_path / "x.png", "x", "y", "t", companions={"triplet unseen": "ce"})
+
+
+def test_a_companion_takes_its_partners_colour_not_a_namesakes(tmp_path):
+    # "triplet (n=3) unseen" starts with "triplet " but accompanies "triplet (n=3)" (C1 orange).
+    epochs = np.arange(1, 6)
+    series = {"triplet": (epochs, 0.2 + 0.0 * epochs), "triplet (n=3)": (epochs, 0.5 + 0.0 * epochs),
+              "triplet (n=3) unseen": (epochs, 0.8 + 0.0 * epochs)}
+    path = plot_curves(series, tmp_path / "pair.png", "epoch", "R@1", "t",
+                       companions={"triplet (n=3) unseen": "triplet (n=3)"})
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+
+    def drawn(colour):
+        return int((np.abs(pixels - colour).sum(axis=1) < 30).sum())
+
+    blue, orange = drawn((31, 119, 180)), drawn((255, 127, 14))   # C0: "triplet", C1: the pair
+    assert drawn((44, 160, 44)) == 0 and orange > 1.5 * blue, (blue, orange)
 
 
 def test_convergence_bands_shade_the_spread_in_the_line_colour(tmp_path):

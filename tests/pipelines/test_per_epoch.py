@@ -46,4 +46,5 @@ def test_per_epoch_unseen_metrics_are_logged_and_match_the_selected_model(tiny_d
     assert len(client.get_metric_history(run_id, "unseen_R_at_1")) == 3
     series = convergence_series(context.tracking_uri, "per-epoch")
     assert set(series["epochs"]) == {"per_epoch_pa", "per_epoch_pa unseen"}
+    assert series["epochs"]["per_epoch_pa unseen"].accompanies == "per_epoch_pa"   # drawn dashed in its colour
     assert series["seconds"]["per_epoch_pa unseen"][1].tolist() == [unseen[s] for s in (1, 2, 3)]

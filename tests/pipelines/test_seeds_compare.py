@@ -89,9 +89,9 @@ def test_compare_groups_seeds_with_mean_and_std_and_draws_figures(tmp_path):
     assert printed["ce"][5] == "40.00 %" and printed["ce"][3] == "3"    # a single seed prints as before
 
     series = convergence_series(tracking, "seeds-test")
-    steps, values, spread = series["epochs"]["ce"]
+    steps, values, spread, accompanies = series["epochs"]["ce"]
     assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.2, 0.4, 0.45]   # step 0 (the totals) left out
-    assert spread is None and series["seconds"]["ce"].x.tolist() == [5.0, 9.0, 13.0]
+    assert spread is None and accompanies is None and series["seconds"]["ce"].x.tolist() == [5.0, 9.0, 13.0]
     assert set(series["epochs"]) == {"ce", "triplet (n=3)"}   # one line per group of seeds, named like its row
     per_seed = np.array([[0.3 + 0.01 * seed, 0.5 + 0.02 * seed] for seed in range(3)])
     triplet = series["epochs"]["triplet (n=3)"]
