@@ -21,6 +21,9 @@ from pipelines.context import StageContext
 # Settings that change how a run is executed, not what it learns: outside its key (so the
 # input pipeline's knobs, added later, keep the keys of earlier runs).
 EXECUTION_ONLY = {"fail_at_epoch", "max_failures", "dataset", "loader_workers", "prefetch_batches", "cache_mb"}
+# Train settings added after runs were keyed without them, hashed only when set away from their
+# default (the behaviour those runs had): name -> default.
+KEYED_WHEN_SET: dict[str, Any] = {"amp_cpu": False}
 
 
 
@@ -119,11 +122,15 @@ def with_source_rotation(train: TrainConfig, manifest: dict[str, Any]) -> TrainC
 
 def keyed_train(train: TrainConfig, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The train settings that enter a run's key. An unset rotation (augmentation off) is hashed
-    as "any", the one default every source had before sources chose their own, so runs made
-    then keep their keys (and are reused)."""
+    as "any", the one default every source had before sources chose their own, and a setting
+    added later (`KEYED_WHEN_SET`) enters the key only when it differs from its default, so
+    runs made before keep their keys (and are reused)."""
     settings = train.model_dump(exclude=EXECUTION_ONLY | set(exclude))
     if "rotation" in settings and settings["rotation"] is None:
         settings["rotation"] = ROTATION_ANY
+    for name, default in KEYED_WHEN_SET.items():
+        if settings.get(name, default) == default:
+            settings.pop(name, None)
     return settings
 
 

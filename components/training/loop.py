@@ -269,8 +269,11 @@ def train(job: TrainJob, reporter: Reporter | None = None, on_step: StepHook | N
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
 
-    use_amp = device.type == "cuda" and cfg.amp
+    use_amp = cfg.amp and (device.type == "cuda" or cfg.amp_cpu)
+    # On the CPU, oneDNN's bfloat16 convolutions want channels_last (see TrainConfig.amp_cpu).
+    layout = torch.channels_last if use_amp and device.type == "cpu" else torch.contiguous_format
     module = TrainModule(model, loss, autocast_dtype=torch.bfloat16 if use_amp else None).to(device)
+    module.model.to(memory_format=layout)
     if world > 1:
         module = convert_batchnorm(module, device)
         module = torch.nn.parallel.DistributedDataParallel(
@@ -314,6 +317,7 @@ def train(job: TrainJob, reporter: Reporter | None = None, on_step: StepHook | N
             images = batch["images"].to(device, non_blocking=True)
             if device_augment is not None:
                 images = device_augment(images, batch["epoch"], step)
+            images = images.contiguous(memory_format=layout)
             value = module(images, labels[batch["positions"]].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             value.backward()

@@ -9,7 +9,8 @@ global batch; the all-gather's backward sums every rank's gradient into the rank
 owns the embedding (W times the true gradient), and DDP's average divides by W again: the
 parameter gradients equal those of one worker on the same global batch.
 
-Mixed precision: only the network runs under autocast (`autocast_dtype`, bfloat16 on GPU).
+Mixed precision: only the network runs under autocast (`autocast_dtype`: bfloat16 on GPU, and on
+the CPU with `train.amp_cpu`).
 The loss (and its proxies / classifier) runs in float32 *outside* autocast: a `.float()`
 inside an autocast region does not help, since autocast re-casts the loss's matmuls to
 bfloat16, and Proxy-Anchor's α=32 exponentials turn that rounding into percent-level
