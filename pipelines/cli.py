@@ -55,7 +55,8 @@ def _evaluate(config: Config, context: StageContext, args: argparse.Namespace) -
 def _compare(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.compare import run_compare
 
-    return run_compare(config, context, experiment=args.experiment, sort=args.sort, plots=args.plot or ())
+    return run_compare(config, context, experiment=args.experiment, sort=args.sort, plots=args.plot or (),
+                       pr_runs=args.pr_run or ())
 
 
 def _tune(config: Config, context: StageContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--plot", action="append", choices=["convergence", "pr"],
                              help="also write figures under compare/: convergence (validation R@1 against epochs "
                                   "and training time), pr (PR curves of every row); repeatable")
+            sub.add_argument("--pr-run", action="append", metavar="ROW",
+                             help="draw only this row in the PR figure, beside the baselines (repeatable)")
     return parser
 
 

@@ -7,7 +7,8 @@ one run on one row (mean ± std), the raw-pixel baseline beside them; optionally
   R@1 on the retrieval split per epoch (`evaluate.per_epoch`) is drawn dashed beside it when
   it was measured (never used for model selection).
 - `pr`: the PR curves of every row (seeds averaged when they share recall points, baseline
-  included) on one figure, from each run's `evaluation/metrics.json` artifact.
+  included) on one figure, from each run's `evaluation/metrics.json` artifact; `pr_runs` (the
+  CLI's `--pr-run`) draws only the rows it names, beside the baselines.
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ RETRIEVAL_R1 = {split: f"{split}_{C.recall_at(1)}" for split in (C.SPLIT_UNSEEN,
 
 
 def run_compare(config: Config, context: StageContext | Console | None = None, experiment: str | None = None,
-                sort: str = "mAP", plots: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                sort: str = "mAP", plots: tuple[str, ...] | list[str] = (),
+                pr_runs: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     context = stage_context(config, context)
     experiment = experiment or context.experiment
     unknown = sorted(set(plots) - set(PLOTS))
     if unknown:
         raise ConfigError(f"--plot {unknown[0]!r} is unknown; choose from {list(PLOTS)}")
+    if pr_runs and "pr" not in plots:
+        raise ConfigError("--pr-run chooses the rows of the PR figure: add --plot pr")
     table = sort_table(comparison_table(context.tracking_uri, experiment), sort)
     if not finished_runs(context.tracking_uri, experiment, "train"):   # a baseline alone compares nothing
         raise MissingDataError(f"MLflow experiment {experiment!r} has no finished training runs yet")
+    pr_rows = rows_named(table, pr_runs) if pr_runs else table
     store, layout = context.store, context.layout
     store.write_bytes(layout.compare(experiment, "md"), to_markdown(table).encode())
     store.write_bytes(layout.compare(experiment, "csv"), table.to_csv(index=False).encode())
@@ -66,12 +71,25 @@ def run_compare(config: Config, context: StageContext | Console | None = None, e
     if "convergence" in plots:
         figures.update(convergence_plots(context, experiment))
     if "pr" in plots:
-        figures["pr"] = pr_overlay(context, experiment, table)
+        figures["pr"] = pr_overlay(context, experiment, pr_rows)
     if figures:
         for name, uri in figures.items():
             context.console.log(f"[compare] {name}: {uri}")
         result["plots"] = figures
     return result
+
+
+def rows_named(table, names) -> Any:
+    """The rows `names` lists, by the name the table shows (`triplet (n=3)`) or the run's name
+    (`triplet`), in the table's order, and every baseline row (a baseline has no loss)."""
+    shown = {seeded_name(row["run"], 1 if math.isnan(row[SEEDS_COLUMN]) else int(row[SEEDS_COLUMN])): row["run"]
+             for _, row in table.iterrows()}
+    known = set(shown) | set(shown.values())
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"--pr-run {unknown[0]!r} is not a row of this experiment; rows: {sorted(shown)}")
+    wanted = {shown.get(name, name) for name in names}
+    return table[table["run"].isin(wanted) | (table["loss"] == "")].reset_index(drop=True)
 
 
 def render(table, experiment: str) -> Table:

@@ -11,8 +11,15 @@ from rich.console import Console
 
 from components import constants as C
 from components.tracking import RunLogger, create_run
-from components.tracking.compare import DISPLAY_HEADER, comparison_table, display_header, display_rows, to_markdown
-from pipelines.compare import convergence_series, run_compare
+from components.tracking.compare import (
+    BASELINE_TAG,
+    DISPLAY_HEADER,
+    comparison_table,
+    display_header,
+    display_rows,
+    to_markdown,
+)
+from pipelines.compare import convergence_series, pr_curves_of_rows, rows_named, run_compare
 from pipelines.config import ConfigError, load_config
 from pipelines.context import StageContext
 from pipelines.runs import plan_run, run_plan
@@ -191,3 +198,33 @@ def test_a_run_reused_by_another_experiment_is_copied_there_once(tmp_path):
     assert tables[0].equals(tables[1])
     report = run_compare(config, second, plots=["convergence", "pr"])   # histories and PR curve from the copy
     assert {"convergence_epochs", "pr"} <= set(report["plots"])
+
+
+def test_the_pr_figure_draws_the_rows_it_is_asked_for_beside_the_baseline(tmp_path):
+    config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=pr-rows"])
+    context = StageContext(config, Console(quiet=True))
+    tracking, experiment_id = context.tracking_uri, context.experiment_id
+    for seed in range(2):
+        _fake_training_run(tracking, experiment_id, f"triplet-s{seed}", "triplet", "g-triplet", seed,
+                           {C.METRIC_MAP: 0.5 + 0.01 * seed}, [(0.3, 10.0)])
+    for name, value in (("ce", 0.4), ("ce_ls", 0.45)):
+        _fake_training_run(tracking, experiment_id, name, "cross_entropy", f"g-{name}", 0, {C.METRIC_MAP: value},
+                           [(0.2, 5.0)])
+    baseline = RunLogger(tracking, create_run(tracking, experiment_id, "raw_pixels", {
+        "stage": "baseline", BASELINE_TAG: "raw_pixels", "dataset_version": "v1"}))
+    baseline.log_metrics({C.METRIC_MAP: 0.1})
+    baseline.log_dict({"pr_curve": {"recall": [0.0, 1.0], "precision": [1.0, 0.1]}}, "evaluation/metrics.json")
+    baseline.terminate("FINISHED")
+    table = comparison_table(tracking, "pr-rows")
+    assert set(table["run"]) == {"triplet", "ce", "ce_ls", "raw_pixels"}
+    # By the name the table shows or by the run's name; the baseline always comes along.
+    assert set(rows_named(table, ["triplet (n=2)", "ce"])["run"]) == {"triplet", "ce", "raw_pixels"}
+    assert set(rows_named(table, ["triplet"])["run"]) == {"triplet", "raw_pixels"}
+    assert set(pr_curves_of_rows(tracking, rows_named(table, ["ce_ls"]))) == {"ce_ls", "raw_pixels"}
+    with pytest.raises(ConfigError, match=r"--pr-run 'ce_l' is not a row.*'ce_ls'"):
+        rows_named(table, ["ce_l"])
+    report = run_compare(config, context, plots=["pr"], pr_runs=["ce"])
+    assert Image.open(report["plots"]["pr"]).size[0] > 0
+    assert len(report["rows"]) == 4   # the table keeps every row
+    with pytest.raises(ConfigError, match="add --plot pr"):
+        run_compare(config, context, pr_runs=["ce"])
