@@ -38,6 +38,7 @@ from components.tracking.compare import (
     sort_table,
     to_markdown,
 )
+from pipelines.baseline import BASELINE_LOSS
 from pipelines.config import Config
 from pipelines.context import StageContext, stage_context
 
@@ -81,7 +82,7 @@ def run_compare(config: Config, context: StageContext | Console | None = None, e
 
 def rows_named(table, names) -> Any:
     """The rows `names` lists, by the name the table shows (`triplet (n=3)`) or the run's name
-    (`triplet`), in the table's order, and every baseline row (a baseline has no loss)."""
+    (`triplet`), in the table's order, and every baseline row (its loss column: `BASELINE_LOSS`)."""
     shown = {seeded_name(row["run"], 1 if math.isnan(row[SEEDS_COLUMN]) else int(row[SEEDS_COLUMN])): row["run"]
              for _, row in table.iterrows()}
     known = set(shown) | set(shown.values())
@@ -89,7 +90,7 @@ def rows_named(table, names) -> Any:
     if unknown:
         raise ConfigError(f"--pr-run {unknown[0]!r} is not a row of this experiment; rows: {sorted(shown)}")
     wanted = {shown.get(name, name) for name in names}
-    return table[table["run"].isin(wanted) | (table["loss"] == "")].reset_index(drop=True)
+    return table[table["run"].isin(wanted) | (table["loss"] == BASELINE_LOSS)].reset_index(drop=True)
 
 
 def render(table, experiment: str) -> Table:

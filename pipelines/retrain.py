@@ -77,7 +77,7 @@ from pipelines import index, ingest, train
 from pipelines.config import Config, LossConfig, ModelConfig, RunSpec, TrainConfig
 from pipelines.context import StageContext, stage_context
 from pipelines.ray_session import cluster_has_gpus
-from pipelines.runs import EXECUTION_ONLY, TrainedRun
+from pipelines.runs import EXECUTION_ONLY, TrainedRun, without_later_defaults
 
 FAULT_ENV = "CHIPMATCH_FAULT_AT"
 FAULT_POINTS = ("after_training", "mid_index_build", "before_switch", "after_switch")
@@ -146,7 +146,7 @@ def config_recipe(config: Config) -> dict[str, Any]:
     spec = recipe_run(config)
     settings = TrainConfig(**{**config.train.model_dump(), **spec.overrides})
     return {"run": spec.name, "model": config.model.model_dump(), "loss": spec.loss.model_dump(),
-            "train": settings.model_dump(exclude=EXECUTION_FIELDS)}
+            "train": without_later_defaults(settings.model_dump(exclude=EXECUTION_FIELDS))}
 
 
 def challenger_config(config: Config, recipe: dict[str, Any], init_from: str | None, dataset_uri: str) -> Config:

@@ -125,13 +125,18 @@ def keyed_train(train: TrainConfig, exclude: tuple[str, ...] = ()) -> dict[str, 
     as "any", the one default every source had before sources chose their own, and a setting
     added later (`KEYED_WHEN_SET`) enters the key only when it differs from its default, so
     runs made before keep their keys (and are reused)."""
-    settings = train.model_dump(exclude=EXECUTION_ONLY | set(exclude))
+    settings = without_later_defaults(train.model_dump(exclude=EXECUTION_ONLY | set(exclude)))
     if "rotation" in settings and settings["rotation"] is None:
         settings["rotation"] = ROTATION_ANY
-    for name, default in KEYED_WHEN_SET.items():
-        if settings.get(name, default) == default:
-            settings.pop(name, None)
     return settings
+
+
+def without_later_defaults(train_settings: dict[str, Any]) -> dict[str, Any]:
+    """`train_settings` (a dumped `train` section) without the `KEYED_WHEN_SET` settings that
+    are at their defaults: for every key hashed from train settings (runs, sweeps, retraining
+    attempts), so that adding a setting changes no key made before it."""
+    return {name: value for name, value in train_settings.items()
+            if not (name in KEYED_WHEN_SET and value == KEYED_WHEN_SET[name])}
 
 
 def finished_run(context: StageContext, planned: PlannedRun) -> TrainedRun | None:

@@ -39,7 +39,7 @@ from pipelines import ray_compat
 from pipelines.config import Config, validate
 from pipelines.context import StageContext, stage_context
 from pipelines.raw_config import apply_value
-from pipelines.runs import plan_run
+from pipelines.runs import plan_run, without_later_defaults
 from pipelines.sweep import SweepConfig, available_sweeps, base_raw, max_epochs, trial_raw
 from pipelines.trainer import absolute, check_loss_builds, fit_batches, fit_run, start_run
 
@@ -90,7 +90,8 @@ def run_tune(config: Config, context: StageContext | Console | None = None) -> S
     check_data(sweep, base_config, context.dataset)
     check_trials(sweep, base, base_config, context.dataset)
     key = sha256_json({"sweep": sweep.model_dump(mode="json"),
-                       "base": {s: base[s] for s in ("model", "loss", "train")}})[:12]
+                       "base": {"model": base["model"], "loss": base["loss"],
+                                "train": without_later_defaults(base["train"])}})[:12]
     paths = context.layout.sweep(sweep.name, key)
     done = reuse_when_complete(store, paths.result)
     if done is not None:

@@ -47,11 +47,12 @@ class TrainConfig(_Section):
     # "any" for overhead chips (no canonical up), "none" for upright imagery (Fashion-MNIST).
     rotation: Literal["any", "right", "none"] | None = None
     seed: int = 0
-    amp: bool = True                              # backbone under bfloat16 autocast on GPU; the loss in float32
-    # The same on the CPU, with the network in channels_last (the layout oneDNN's bfloat16
-    # convolutions run fastest in): on a CPU with AVX-512 BF16 or AMX (this machine: avx512_bf16)
-    # the small_cnn step at 28×28 takes half the float32 time. Off by default: it changes the
-    # trained numbers (within bfloat16 rounding), and a CPU without bfloat16 units emulates it, slower.
+    amp: bool = True                              # network (backbone + head) under bfloat16 autocast on GPU; loss in float32
+    # With `amp`, the same on the CPU, the network in channels_last (the layout oneDNN's
+    # bfloat16 convolutions run fastest in): on a CPU with AVX-512 BF16 or AMX (this machine:
+    # avx512_bf16) the small_cnn step at 28×28 takes half the float32 time. Off by default: the
+    # trained numbers change (one Fashion-MNIST triplet run: test mAP −0.5 points), and a CPU
+    # without bfloat16 units emulates it, slower. `amp: false` turns it off too.
     amp_cpu: bool = False
     init_from: str | None = None                  # a run name of this config's `runs`, or a model URI
     freeze_backbone: bool = False

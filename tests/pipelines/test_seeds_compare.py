@@ -10,6 +10,7 @@ from PIL import Image
 from rich.console import Console
 
 from components import constants as C
+from components.evaluation import plots
 from components.tracking import RunLogger, create_run
 from components.tracking.compare import (
     BASELINE_TAG,
@@ -19,6 +20,7 @@ from components.tracking.compare import (
     display_rows,
     to_markdown,
 )
+from pipelines.baseline import BASELINE_LOSS, BASELINE_NAME
 from pipelines.compare import convergence_series, pr_curves_of_rows, rows_named, run_compare
 from pipelines.config import ConfigError, load_config
 from pipelines.context import StageContext
@@ -200,7 +202,7 @@ def test_a_run_reused_by_another_experiment_is_copied_there_once(tmp_path):
     assert {"convergence_epochs", "pr"} <= set(report["plots"])
 
 
-def test_the_pr_figure_draws_the_rows_it_is_asked_for_beside_the_baseline(tmp_path):
+def test_the_pr_figure_draws_the_rows_it_is_asked_for_beside_the_baseline(tmp_path, monkeypatch):
     config = load_config(None, [f"storage.root={tmp_path}", "tracking.experiment=pr-rows"])
     context = StageContext(config, Console(quiet=True))
     tracking, experiment_id = context.tracking_uri, context.experiment_id
@@ -210,8 +212,8 @@ def test_the_pr_figure_draws_the_rows_it_is_asked_for_beside_the_baseline(tmp_pa
     for name, value in (("ce", 0.4), ("ce_ls", 0.45)):
         _fake_training_run(tracking, experiment_id, name, "cross_entropy", f"g-{name}", 0, {C.METRIC_MAP: value},
                            [(0.2, 5.0)])
-    baseline = RunLogger(tracking, create_run(tracking, experiment_id, "raw_pixels", {
-        "stage": "baseline", BASELINE_TAG: "raw_pixels", "dataset_version": "v1"}))
+    baseline = RunLogger(tracking, create_run(tracking, experiment_id, BASELINE_NAME, {   # tagged as the stage tags it
+        "stage": "baseline", BASELINE_TAG: BASELINE_NAME, "loss": BASELINE_LOSS, "dataset_version": "v1"}))
     baseline.log_metrics({C.METRIC_MAP: 0.1})
     baseline.log_dict({"pr_curve": {"recall": [0.0, 1.0], "precision": [1.0, 0.1]}}, "evaluation/metrics.json")
     baseline.terminate("FINISHED")
@@ -223,8 +225,11 @@ def test_the_pr_figure_draws_the_rows_it_is_asked_for_beside_the_baseline(tmp_pa
     assert set(pr_curves_of_rows(tracking, rows_named(table, ["ce_ls"]))) == {"ce_ls", "raw_pixels"}
     with pytest.raises(ConfigError, match=r"--pr-run 'ce_l' is not a row.*'ce_ls'"):
         rows_named(table, ["ce_l"])
+    drawn = []
+    draw = plots.plot_pr_curves
+    monkeypatch.setattr(plots, "plot_pr_curves", lambda curves, *a, **k: (drawn.append(set(curves)), draw(curves, *a, **k)))
     report = run_compare(config, context, plots=["pr"], pr_runs=["ce"])
-    assert Image.open(report["plots"]["pr"]).size[0] > 0
+    assert drawn == [{"ce", BASELINE_NAME}] and Image.open(report["plots"]["pr"]).size[0] > 0
     assert len(report["rows"]) == 4   # the table keeps every row
     with pytest.raises(ConfigError, match="add --plot pr"):
         run_compare(config, context, pr_runs=["ce"])

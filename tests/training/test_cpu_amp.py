@@ -7,10 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.inference import load_bundle, model_from_bundle
+from components.storage import sha256_json
 from components.training import loop
 from components.training.config import TrainConfig, TrainJob
 from pipelines.config import load_config
-from pipelines.runs import EXECUTION_ONLY, plan_run
+from pipelines.retrain import config_recipe
+from pipelines.runs import keyed_train, plan_run
 from tests.training.fake_version import write_fake_version
 
 
@@ -75,16 +78,62 @@ def test_by_default_the_cpu_step_stays_float32_in_the_contiguous_layout(manifest
     assert off["conv_dtype"] == torch.float32 and not off["input_channels_last"]
 
 
-def test_amp_cpu_enters_the_run_key_only_when_on(tiny_dataset):
+# Hashes made at a8627ff, before `amp_cpu` existed: of the keyed train settings of the default
+# TrainConfig and of the tiny config's, and of that config's retraining recipe.
+KEYED_DEFAULT_BEFORE = "425c786305f07d21948e999c5c349851a932800bf10605b6ff46dcf3b189f542"
+KEYED_TINY_BEFORE = "abfc1a640a98ad72e97302467966967b9b44ed2d027bb7f80cc4f2ad67b71c2a"
+RECIPE_TINY_BEFORE = "46486fcdf0b19265d0a59a51598c90f83a147930b07bb087b7336802429bb83c"
+
+
+def _tiny(*overrides: str):
+    return load_config(None, ["data=synthetic_tiny", "runs=[]", "loss=triplet", *overrides])
+
+
+def test_amp_cpu_off_changes_no_key_made_before_it():
+    assert sha256_json(keyed_train(TrainConfig())) == KEYED_DEFAULT_BEFORE
+    assert sha256_json(keyed_train(_tiny().train)) == KEYED_TINY_BEFORE
+    assert sha256_json(keyed_train(_tiny("train.amp_cpu=false").train)) == KEYED_TINY_BEFORE
+    assert sha256_json(config_recipe(_tiny())) == RECIPE_TINY_BEFORE
+
+
+def test_amp_cpu_on_enters_the_run_key(tiny_dataset):
     _, dataset = tiny_dataset
 
     def planned(*overrides: str):
-        config = load_config(None, ["data=synthetic_tiny", "runs=[]", "loss=triplet", *overrides])
+        config = _tiny(*overrides)
         return plan_run(config, "triplet", config.loss, config.train, dataset)
 
     default, on = planned(), planned("train.amp_cpu=true")
-    # Off: the keyed settings are exactly those of a run keyed before the setting existed.
-    keyed_before = set(TrainConfig.model_fields) - EXECUTION_ONLY - {"amp_cpu"}
-    assert set(default.resolved["train"]) == keyed_before
-    assert planned("train.amp_cpu=false").run_key == default.run_key
+    assert "amp_cpu" not in default.resolved["train"]
     assert on.resolved["train"]["amp_cpu"] is True and on.run_key != default.run_key
+    assert sha256_json(config_recipe(_tiny("train.amp_cpu=true"))) != RECIPE_TINY_BEFORE
+
+
+class _CrashAfterFirstEpoch(loop.LocalReporter):
+    def report(self, metrics, checkpoint):
+        super().report(metrics, checkpoint)
+        raise KeyboardInterrupt("simulated crash after the first checkpoint")
+
+
+def _amp_job(manifest, out) -> TrainJob:
+    return TrainJob(dataset=manifest, output_uri=str(out), model={"backbone": "small_cnn", "embedding_dim": 16},
+                    loss={"name": "triplet"},
+                    train={"epochs": 2, "classes_per_batch": 4, "images_per_class": 4, "loader_workers": 0,
+                           "threads_per_worker": 1, "amp_cpu": True})
+
+
+def test_a_resumed_amp_cpu_run_ends_with_the_weights_of_an_uninterrupted_one_and_serves_in_float32(manifest, tmp_path):
+    straight = loop.train(_amp_job(manifest, tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_amp_job(manifest, tmp_path / "b"), _CrashAfterFirstEpoch(str(tmp_path / "b" / "checkpoints")))
+    resumed = loop.train(_amp_job(manifest, tmp_path / "b"))
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
+    # The saved model (channels_last tensors) loads into the plain model inference builds.
+    models = [model_from_bundle(load_bundle(str(tmp_path / run))).eval() for run in ("a", "b")]
+    for (name, value), other in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(value, other), name
+    chips = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        served = models[0](chips)
+    assert served.dtype == torch.float32 and torch.allclose(served.norm(dim=1), torch.ones(5), atol=1e-5)
