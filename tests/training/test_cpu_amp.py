@@ -15,12 +15,21 @@ from pipelines.config import load_config
 from pipelines.retrain import config_recipe
 from pipelines.runs import keyed_train, plan_run
 from tests.training.fake_version import write_fake_version
+from tests.training.reporters import CrashAfterFirstEpoch
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     return write_fake_version(str(tmp_path_factory.mktemp("amp_cpu")), {f"c{i}": 10 for i in range(6)}, seen=4,
                               channels=3)   # with one band both layouts have the same strides
+
+
+def _job(manifest, out, **train) -> TrainJob:
+    """Two epochs of a tiny triplet run, in this process."""
+    return TrainJob(dataset=manifest, output_uri=str(out), model={"backbone": "small_cnn", "embedding_dim": 16},
+                    loss={"name": "triplet"},
+                    train={"epochs": 2, "classes_per_batch": 4, "images_per_class": 4, "loader_workers": 0,
+                           "threads_per_worker": 1, **train})
 
 
 def _train_observed(manifest, out, monkeypatch, **train) -> dict:
@@ -53,11 +62,7 @@ def _train_observed(manifest, out, monkeypatch, **train) -> dict:
 
     monkeypatch.setattr(loop, "build_model", observed_model)
     monkeypatch.setattr(loop, "build_loss", observed_loss)
-    job = TrainJob(dataset=manifest, output_uri=str(out), model={"backbone": "small_cnn", "embedding_dim": 16},
-                   loss={"name": "triplet"},
-                   train={"epochs": 2, "classes_per_batch": 4, "images_per_class": 4, "loader_workers": 0,
-                          "threads_per_worker": 1, **train})
-    seen["metrics"] = loop.train(job)
+    seen["metrics"] = loop.train(_job(manifest, out, **train))
     return seen
 
 
@@ -109,24 +114,11 @@ def test_amp_cpu_on_enters_the_run_key(tiny_dataset):
     assert sha256_json(config_recipe(_tiny("train.amp_cpu=true"))) != RECIPE_TINY_BEFORE
 
 
-class _CrashAfterFirstEpoch(loop.LocalReporter):
-    def report(self, metrics, checkpoint):
-        super().report(metrics, checkpoint)
-        raise KeyboardInterrupt("simulated crash after the first checkpoint")
-
-
-def _amp_job(manifest, out) -> TrainJob:
-    return TrainJob(dataset=manifest, output_uri=str(out), model={"backbone": "small_cnn", "embedding_dim": 16},
-                    loss={"name": "triplet"},
-                    train={"epochs": 2, "classes_per_batch": 4, "images_per_class": 4, "loader_workers": 0,
-                           "threads_per_worker": 1, "amp_cpu": True})
-
-
 def test_a_resumed_amp_cpu_run_ends_with_the_weights_of_an_uninterrupted_one_and_serves_in_float32(manifest, tmp_path):
-    straight = loop.train(_amp_job(manifest, tmp_path / "a"))
+    straight = loop.train(_job(manifest, tmp_path / "a", amp_cpu=True))
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_amp_job(manifest, tmp_path / "b"), _CrashAfterFirstEpoch(str(tmp_path / "b" / "checkpoints")))
-    resumed = loop.train(_amp_job(manifest, tmp_path / "b"))
+        loop.train(_job(manifest, tmp_path / "b", amp_cpu=True), CrashAfterFirstEpoch(str(tmp_path / "b" / "checkpoints")))
+    resumed = loop.train(_job(manifest, tmp_path / "b", amp_cpu=True))
     assert resumed["resumed_from_epoch"] == 1
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
     # The saved model (channels_last tensors) loads into the plain model inference builds.

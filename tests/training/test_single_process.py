@@ -15,8 +15,9 @@ import torch
 from components import constants as C
 from components.inference import load_bundle
 from components.training.config import TrainJob
-from components.training.loop import CHECKPOINT_FILE, LocalReporter, train
+from components.training.loop import CHECKPOINT_FILE, train
 from tests.training.fake_version import write_fake_version
+from tests.training.reporters import CrashAfterFirstEpoch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,12 +51,6 @@ def test_peak_memory_does_not_grow_with_a_four_times_larger_version(tmp_path):
     for key in ("peak_rss_mb", "loader_peak_rss_mb"):
         assert large[key] <= 1.1 * small[key], (key, small, large)
         assert large[key] - small[key] < 0.6 * in_memory_growth_mb, (key, small, large)
-
-
-class CrashAfterFirstEpoch(LocalReporter):
-    def report(self, metrics, checkpoint):
-        super().report(metrics, checkpoint)
-        raise KeyboardInterrupt("simulated crash after the first checkpoint")
 
 
 def _job(manifest, out, **train):
