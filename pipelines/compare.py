@@ -35,6 +35,7 @@ from components.tracking.compare import (
     latest_per_name,
     seed_groups,
     seeded_name,
+    shown_name,
     sort_table,
     to_markdown,
 )
@@ -83,8 +84,7 @@ def run_compare(config: Config, context: StageContext | Console | None = None, e
 def rows_named(table, names) -> Any:
     """The rows `names` lists, by the name the table shows (`triplet (n=3)`) or the run's name
     (`triplet`), in the table's order, and every baseline row (its loss column: `BASELINE_LOSS`)."""
-    shown = {seeded_name(row["run"], 1 if math.isnan(row[SEEDS_COLUMN]) else int(row[SEEDS_COLUMN])): row["run"]
-             for _, row in table.iterrows()}
+    shown = {shown_name(row): row["run"] for _, row in table.iterrows()}
     known = set(shown) | set(shown.values())
     unknown = [name for name in names if name not in known]
     if unknown:

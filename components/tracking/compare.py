@@ -90,6 +90,12 @@ def seeded_name(name: str, seeds: int) -> str:
     return f"{name} (n={seeds})" if seeds > 1 else name
 
 
+def shown_name(row: Any) -> str:
+    """The name a table row is shown under: its run, with `(n=3)` for several seeds."""
+    seeds = row.get(SEEDS_COLUMN)
+    return row["run"] if _missing(seeds) else seeded_name(row["run"], int(seeds))
+
+
 def comparison_table(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per group of seeds of a finished training run of `experiment` (latest per run
     name), then one raw-pixel row per dataset version the experiment's baselines measured."""
@@ -153,10 +159,6 @@ def display_rows(table: pd.DataFrame) -> list[list[str]]:
             return "-"
         return str(int(value)) if _missing(spread) or spread == 0 else f"{value:.1f} ± {spread:.1f}"
 
-    def name(row):
-        seeds = row.get(SEEDS_COLUMN)
-        return row["run"] if _missing(seeds) else seeded_name(row["run"], int(seeds))
-
     def number(row, column):
         value, spread = row[column], row.get(f"{column}{STD_SUFFIX}")
         if _missing(value):
@@ -164,7 +166,7 @@ def display_rows(table: pd.DataFrame) -> list[list[str]]:
         return f"{value:.3f}" if _missing(spread) else f"{value:.3f} ± {spread:.3f}"
 
     optional = _optional_columns(table)
-    return [[name(row), row["loss"], duration(row), epochs(row), percent(row, C.METRIC_ACCURACY),
+    return [[shown_name(row), row["loss"], duration(row), epochs(row), percent(row, C.METRIC_ACCURACY),
              percent(row, C.METRIC_MAP), percent(row, C.recall_at(1)), percent(row, C.METRIC_MAP_AT_R),
              *[number(row, column) if column in ATTRIBUTE_COLUMNS else percent(row, column) for column in optional]]
             for _, row in table.iterrows()]
